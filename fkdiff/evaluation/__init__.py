@@ -1,0 +1,1 @@
+"""Evaluation: metrics against exact densities and figures."""

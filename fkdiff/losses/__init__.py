@@ -1,0 +1,2 @@
+"""Training objectives: denoising score matching (teachers) and energy distillation."""
+from fkdiff.losses.dsm import make_dsm_loss, noisy_batch, weighted_sq_error

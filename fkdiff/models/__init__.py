@@ -1,0 +1,3 @@
+"""Networks (backbones) and the functions that turn them into denoisers and energies."""
+from fkdiff.models.mlp import MLP
+from fkdiff.models.backbones import get_backbone, make_denoiser

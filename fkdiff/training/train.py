@@ -1,0 +1,199 @@
+"""``train_and_evaluate(config, workdir)``: the one training loop behind every ``launch.py`` job.
+
+The step is a ``jax.jit`` function over a data-parallel mesh (batch split over devices,
+parameters replicated); batches and per-step noise keys are pure functions of ``(seed, step)``,
+so a killed run resumes from its last orbax checkpoint and ends bit-for-bit where an
+uninterrupted run would. Metrics are clu ``Collection``s, written by clu ``metric_writers``.
+"""
+
+import functools
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from fkdiff.data.pipeline import DataSource, make_data_source
+from fkdiff.training import checkpoint, parallel
+from fkdiff.training import metrics as metrics_lib
+from fkdiff.training.config import validate_config
+from fkdiff.training.optimizer import make_optimizer
+from fkdiff.training.tasks import Task, build_task
+
+
+class TrainState(NamedTuple):
+  """Everything a checkpoint holds."""
+  step: jax.Array          # int32 scalar: number of optimiser steps taken.
+  params: Any
+  ema_params: Any          # exponential moving average of ``params`` (used for sampling).
+  opt_state: Any
+
+
+def init_state(task: Task, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
+  params = task.init_params(key)
+  return TrainState(jnp.zeros((), jnp.int32), params, params, tx.init(params))
+
+
+def ema_rate(step: jax.Array, decay: float) -> jax.Array:
+  """EMA decay with warm-up, ``min(decay, (1+t)/(10+t))``: early averages forget the init."""
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def train_step(state: TrainState, batch: dict, *, task: Task, tx, ema_decay: float,
+               train_key: jax.Array, metrics_cls):
+  """One optimiser step; the noise key is ``fold_in(train_key, step)``."""
+  key = jax.random.fold_in(train_key, state.step)
+  (loss, aux), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, key)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_rate(state.step, ema_decay))
+  new_state = TrainState(state.step + 1, params, ema, opt_state)
+  step_metrics = metrics_cls.single_from_model_output(
+      loss=loss, grad_norm=optax.tree.norm(grads), sigma=aux["sigma"],
+      **{f"aux_{k}": v for k, v in aux.items() if k != "sigma"})
+  return new_state, step_metrics
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def _raise_if_not_finite(computed: dict, state: TrainState, step: int, last_good) -> None:
+  if jnp.isfinite(computed["loss"]) and bool(_all_finite(state.params)):
+    return
+  raise FloatingPointError(
+      f"The loss or the parameters became NaN/inf at or before step {step}. Nothing was "
+      f"saved from the bad state; the last good checkpoint is step {last_good}. Lower "
+      "optim.learning_rate, keep optim.grad_clip > 0, or check the data for NaN/inf values.")
+
+
+def _aux_keys(task: Task, data: DataSource, batch_size: int):
+  """The per-example ``aux`` entries of the loss (besides ``sigma``), found by tracing."""
+  params = jax.eval_shape(task.init_params, jax.random.key(0))
+  batch = jax.eval_shape(lambda k: data.sample(k, batch_size), jax.random.key(0))
+  _, aux = jax.eval_shape(task.loss_fn, params, batch, jax.random.key(0))
+  return [k for k, v in aux.items() if k != "sigma" and v.shape == (batch_size,)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config.task`` in ``workdir`` (resuming if it holds a checkpoint), then evaluates.
+
+  Returns:
+    The final evaluation metrics (also written to ``workdir/eval.json``).
+  """
+  from clu import metric_writers, periodic_actions   # imports TensorFlow: keep it local.
+
+  validate_config(config)
+  tc = config.training
+  data = make_data_source(config.data)
+  task = build_task(config, data)
+  mesh = parallel.data_mesh()
+  parallel.check_divisible(config.data.batch_size, mesh)
+  repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  tx = make_optimizer(config.optim, tc.num_steps)
+  init_key, train_key, data_key = jax.random.split(jax.random.key(config.seed), 3)
+
+  checkpoint.check_compatible(workdir, config)
+  manager = checkpoint.make_manager(workdir, tc.keep_checkpoints, tc.checkpoint_every)
+  make_state = jax.jit(functools.partial(init_state, task, tx), out_shardings=repl)
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
+                          jax.eval_shape(make_state, init_key))
+  state, restored_step = checkpoint.restore_latest(manager, abstract)
+  if state is None:
+    state = make_state(init_key)
+  else:
+    logging.info("Resumed from checkpoint step %d in %s.", restored_step, workdir)
+  checkpoint.write_config(workdir, config)
+
+  keys = _aux_keys(task, data, config.data.batch_size)
+  metrics_cls = metrics_lib.make_metrics_class(keys, tc.sigma_bins)
+  step_fn = jax.jit(
+      functools.partial(train_step, task=task, tx=tx, ema_decay=config.optim.ema_decay,
+                        train_key=train_key, metrics_cls=metrics_cls),
+      in_shardings=(repl, sharded), out_shardings=(repl, repl), donate_argnums=0)
+  make_batch = jax.jit(lambda step: data.sample(jax.random.fold_in(data_key, step),
+                                                config.data.batch_size),
+                       out_shardings=sharded)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  report = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer)
+  first = int(state.step)
+  acc = None
+  for step in range(first + 1, tc.num_steps + 1):
+    state, step_metrics = step_fn(state, make_batch(step - 1))
+    acc = step_metrics if acc is None else acc.merge(step_metrics)
+    report(step)
+    last = step == tc.num_steps
+    if step % tc.log_every == 0 or step % tc.checkpoint_every == 0 or last:
+      computed = acc.compute()
+      _raise_if_not_finite(computed, state, step, manager.latest_step())
+      if step % tc.log_every == 0 or last:
+        writer.write_scalars(step, metrics_lib.readable(computed, keys, tc.sigma_bins))
+        acc = None
+      if step % tc.checkpoint_every == 0 or last:
+        manager.save(step, args=ocp.args.StandardSave(state), force=last)
+    if tc.sample_every and step % tc.sample_every == 0 and not last:
+      _save_samples(task, data, state.ema_params, config, workdir, step)
+  manager.wait_until_finished()
+  manager.close()
+
+  results = evaluate(task, data, state.ema_params, config, workdir, int(state.step))
+  writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in results.items()
+                                         if isinstance(v, float)})
+  writer.flush()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def _sample(task: Task, data: DataSource, params, config, num: int, key) -> jax.Array:
+  """Deterministic EDM (Heun) samples from the trained denoiser; ``(num, *event)``."""
+  from fkdiff.diffusion import edm
+  from fkdiff.sampling import reverse
+  d = config.diffusion
+  sigmas = edm.karras_sigmas(config.eval.sample_steps, d.sigma_min, d.sigma_max, d.rho)
+
+  # Parameters enter as jit arguments, never as captured constants: XLA:CPU (jax 0.10.2) has
+  # been seen to miscompile large batches through constant-folded (e.g. all-zero) weights.
+  @jax.jit
+  def run(params, key):
+    x_init = reverse.prior_sample(key, num, data.event_shape, d.sigma_max, data.sigma_data)
+    return reverse.heun_sample(functools.partial(task.denoise_fn, params), x_init, sigmas)
+
+  return run(params, key)
+
+
+def _save_samples(task, data, params, config, workdir, step, samples=None):
+  from fkdiff.evaluation import plots
+  if jax.process_index() != 0:
+    return
+  if samples is None:
+    samples = _sample(task, data, params, config, min(config.eval.num_samples, 2048),
+                      jax.random.key(step))
+  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+  path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+  plots.samples_figure(samples, data.mixture, path, title=f"{config.task} samples, step {step}")
+
+
+def evaluate(task: Task, data: DataSource, params, config, workdir: str, step: int) -> dict:
+  """Samples and scores the trained model; for toy data, against the exact density."""
+  from fkdiff.evaluation import toy_metrics
+  key_sample, key_score = jax.random.split(jax.random.key(config.seed + 1))
+  samples = _sample(task, data, params, config, config.eval.num_samples, key_sample)
+  _save_samples(task, data, params, config, workdir, step, samples)
+  results = {"step": step}
+  if data.mixture is not None:
+    score_error = jax.jit(lambda p, k: toy_metrics.relative_score_error(
+        toy_metrics.score_from_denoiser(functools.partial(task.denoise_fn, p)), data.mixture,
+        config.eval.score_sigma, k))
+    results["score_rel_error"] = float(score_error(params, key_score))
+    results.update(toy_metrics.mode_mass_metrics(data.mixture, samples))
+  return results

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny configs and helpers for running jobs in subprocesses."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_teacher_config(**training):
+  """A toy teacher that trains in seconds (quality not meaningful)."""
+  from fkdiff.training import default_config
+  c = default_config()
+  c.model.width, c.model.depth, c.model.emb_dim = 32, 1, 16
+  c.data.batch_size = 64
+  c.optim.warmup_steps = 5
+  c.training.num_steps = 40
+  c.training.log_every = 10
+  c.training.checkpoint_every = 20
+  c.training.sample_every = 0
+  c.eval.num_samples = 256
+  c.eval.sample_steps = 8
+  c.training.update(training)
+  return c
+
+
+def run_python(code: str, devices: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs ``code`` in a fresh interpreter with ``devices`` fake CPU devices."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=timeout, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+@pytest.fixture
+def tiny_config():
+  return tiny_teacher_config
