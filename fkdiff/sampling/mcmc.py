@@ -163,7 +163,7 @@ def annealed_mcmc_sample(key: Array, potential: Callable[[Array, Array], Array],
     :class:`AnnealedMCMCResult`; acceptance is 1 for ULA.
   """
   kern = get_kernel(kernel, num_leapfrog)
-  step_size_fn = _step_size_fn(step_size)
+  step_size_fn = resolve_step_size(step_size)
   sigmas = jnp.asarray(sigmas, jnp.float32)
 
   def level(x, inp):
@@ -177,7 +177,8 @@ def annealed_mcmc_sample(key: Array, potential: Callable[[Array, Array], Array],
   return AnnealedMCMCResult(x, acc)
 
 
-def _step_size_fn(step_size) -> Callable[[Array], Array]:
+def resolve_step_size(step_size) -> Callable[[Array], Array]:
+  """``None`` → :func:`default_step_size`; a callable of σ as is; a float → constant."""
   if step_size is None:
     return default_step_size
   if callable(step_size):

@@ -236,7 +236,7 @@ def smc_sample(
     raise ValueError("weight_mode='approximate' uses the model's drift −∇E; drift_fn must be None.")
   resample_fn = resampling_lib.get_resampler(resampling)
   kernel = None if rejuvenation is None else mcmc.get_kernel(rejuvenation, num_leapfrog)
-  step_size_fn = mcmc._step_size_fn(rejuvenation_step_size)
+  step_size_fn = mcmc.resolve_step_size(rejuvenation_step_size)
   _check_callable("potential", potential, event_shape, ())
   if base_energy is not None:
     _check_callable("base_energy", base_energy, event_shape, ())

@@ -4,7 +4,7 @@ A :class:`Task` is everything :func:`fkdiff.training.train.train_and_evaluate` n
 about a model; the trainer itself is the same for teachers, distilled energies and baselines.
 """
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +21,17 @@ class Task(NamedTuple):
 
   Attributes:
     init_params: ``init_params(key) -> params``.
-    loss_fn: ``loss_fn(params, batch, key) -> (loss, aux)``; ``aux`` holds per-example arrays
-      (``sigma`` and per-example quantities that are averaged per σ bin in the logs).
+    loss_fn: ``loss_fn(params, batch, key, frozen) -> (loss, aux)``; ``aux`` holds per-example
+      arrays (``sigma`` and per-example quantities that are averaged per σ bin in the logs).
     denoise_fn: ``denoise_fn(params, x, sigma) -> D(x, σ)`` for one example.
     energy_fn: ``energy_fn(params, x, sigma) -> scalar`` for energy models, else ``None``.
+    frozen: parameters the loss uses but does not train (a distillation teacher), or ``None``.
   """
   init_params: Callable
   loss_fn: Callable
   denoise_fn: Callable
   energy_fn: Optional[Callable] = None
+  frozen: Any = None
 
 
 def teacher_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
@@ -40,9 +42,10 @@ def teacher_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
   def init_params(key):
     return backbone.init(key, jnp.zeros(data.event_shape), jnp.zeros(()))
 
-  loss_fn = losses.make_dsm_loss(denoise, data.sigma_data, config.diffusion.p_mean,
-                                 config.diffusion.p_std)
-  return Task(init_params, loss_fn, lambda p, x, s: denoise(p, x, s))
+  dsm = losses.make_dsm_loss(denoise, data.sigma_data, config.diffusion.p_mean,
+                             config.diffusion.p_std)
+  return Task(init_params, lambda p, batch, key, frozen: dsm(p, batch, key),
+              lambda p, x, s: denoise(p, x, s))
 
 
 _TASKS = {"teacher": teacher_task}

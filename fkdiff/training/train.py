@@ -44,11 +44,16 @@ def ema_rate(step: jax.Array, decay: float) -> jax.Array:
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
-def train_step(state: TrainState, batch: dict, *, task: Task, tx, ema_decay: float,
+def train_step(state: TrainState, batch: dict, frozen: Any, *, task: Task, tx, ema_decay: float,
                train_key: jax.Array, metrics_cls):
-  """One optimiser step; the noise key is ``fold_in(train_key, step)``."""
+  """One optimiser step; the noise key is ``fold_in(train_key, step)``.
+
+  ``frozen`` holds parameters that are used but not trained (a distillation teacher); they enter
+  as a jit argument, not as compile-time constants.
+  """
   key = jax.random.fold_in(train_key, state.step)
-  (loss, aux), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, key)
+  (loss, aux), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch, key,
+                                                                      frozen)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = optax.incremental_update(params, state.ema_params, 1.0 - ema_rate(state.step, ema_decay))
@@ -78,8 +83,55 @@ def _aux_keys(task: Task, data: DataSource, batch_size: int):
   """The per-example ``aux`` entries of the loss (besides ``sigma``), found by tracing."""
   params = jax.eval_shape(task.init_params, jax.random.key(0))
   batch = jax.eval_shape(lambda k: data.sample(k, batch_size), jax.random.key(0))
-  _, aux = jax.eval_shape(task.loss_fn, params, batch, jax.random.key(0))
+  _, aux = jax.eval_shape(task.loss_fn, params, batch, jax.random.key(0), task.frozen)
   return [k for k, v in aux.items() if k != "sigma" and v.shape == (batch_size,)]
+
+
+class Trainer(NamedTuple):
+  """The compiled pieces of a training run (see :func:`make_trainer`).
+
+  Attributes:
+    task: what is trained.
+    data: where batches come from.
+    init_key: key of the parameter initialisation.
+    make_state: ``make_state(key) -> TrainState``, replicated over the mesh.
+    step_body: the pure ``(state, batch, frozen) -> (state, metrics)`` before jit and sharding;
+      ``frozen`` is ``task.frozen``.
+    step_fn: ``step_body`` jitted data-parallel over the mesh, donating the state.
+    make_batch: ``make_batch(step) -> batch``, the global batch of ``step``, split over the mesh.
+    aux_keys: per-example loss outputs that are logged per σ bin.
+  """
+  task: Task
+  data: DataSource
+  init_key: jax.Array
+  make_state: Any
+  step_body: Any
+  step_fn: Any
+  make_batch: Any
+  aux_keys: list
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh=None) -> Trainer:
+  """Builds the data-parallel step for ``config`` on ``mesh`` (default: all devices)."""
+  validate_config(config)
+  data = make_data_source(config.data)
+  task = build_task(config, data)
+  mesh = parallel.data_mesh() if mesh is None else mesh
+  parallel.check_divisible(config.data.batch_size, mesh)
+  repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  tx = make_optimizer(config.optim, config.training.num_steps)
+  init_key, train_key, data_key = jax.random.split(jax.random.key(config.seed), 3)
+  make_state = jax.jit(functools.partial(init_state, task, tx), out_shardings=repl)
+  keys = _aux_keys(task, data, config.data.batch_size)
+  metrics_cls = metrics_lib.make_metrics_class(keys, config.training.sigma_bins)
+  step_body = functools.partial(train_step, task=task, tx=tx, ema_decay=config.optim.ema_decay,
+                                train_key=train_key, metrics_cls=metrics_cls)
+  step_fn = jax.jit(step_body, in_shardings=(repl, sharded, repl),
+                    out_shardings=(repl, repl), donate_argnums=0)
+  make_batch = jax.jit(lambda step: data.sample(jax.random.fold_in(data_key, step),
+                                                config.data.batch_size),
+                       out_shardings=sharded)
+  return Trainer(task, data, init_key, make_state, step_body, step_fn, make_batch, keys)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -90,44 +142,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   from clu import metric_writers, periodic_actions   # imports TensorFlow: keep it local.
 
-  validate_config(config)
-  tc = config.training
-  data = make_data_source(config.data)
-  task = build_task(config, data)
-  mesh = parallel.data_mesh()
-  parallel.check_divisible(config.data.batch_size, mesh)
-  repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  tx = make_optimizer(config.optim, tc.num_steps)
-  init_key, train_key, data_key = jax.random.split(jax.random.key(config.seed), 3)
-
+  trainer = make_trainer(config)
+  task, data, tc = trainer.task, trainer.data, config.training
   checkpoint.check_compatible(workdir, config)
   manager = checkpoint.make_manager(workdir, tc.keep_checkpoints, tc.checkpoint_every)
-  make_state = jax.jit(functools.partial(init_state, task, tx), out_shardings=repl)
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
-                          jax.eval_shape(make_state, init_key))
+  abstract = jax.eval_shape(trainer.make_state, trainer.init_key)
   state, restored_step = checkpoint.restore_latest(manager, abstract)
   if state is None:
-    state = make_state(init_key)
+    state = trainer.make_state(trainer.init_key)
   else:
     logging.info("Resumed from checkpoint step %d in %s.", restored_step, workdir)
   checkpoint.write_config(workdir, config)
-
-  keys = _aux_keys(task, data, config.data.batch_size)
-  metrics_cls = metrics_lib.make_metrics_class(keys, tc.sigma_bins)
-  step_fn = jax.jit(
-      functools.partial(train_step, task=task, tx=tx, ema_decay=config.optim.ema_decay,
-                        train_key=train_key, metrics_cls=metrics_cls),
-      in_shardings=(repl, sharded), out_shardings=(repl, repl), donate_argnums=0)
-  make_batch = jax.jit(lambda step: data.sample(jax.random.fold_in(data_key, step),
-                                                config.data.batch_size),
-                       out_shardings=sharded)
+  keys = trainer.aux_keys
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   report = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer)
   first = int(state.step)
   acc = None
   for step in range(first + 1, tc.num_steps + 1):
-    state, step_metrics = step_fn(state, make_batch(step - 1))
+    state, step_metrics = trainer.step_fn(state, trainer.make_batch(step - 1), task.frozen)
     acc = step_metrics if acc is None else acc.merge(step_metrics)
     report(step)
     last = step == tc.num_steps

@@ -1,0 +1,309 @@
+"""Feynman–Kac SMC (issue 4 "Must show"): closed-form energies, no training.
+
+Statistical tolerances come from Monte-Carlo standard errors: most tests run R independent SMC
+runs (vmapped over keys) and compare the mean of the per-run estimates with the exact value at
+the *final level σ_K actually targeted* (``exp(−U(x, σ_K))``), allowing a few standard errors of
+that mean (s.e. = std over runs / sqrt(R); it includes the SMC correlation between particles).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fkdiff.data import gmm
+from fkdiff.diffusion import karras_sigmas
+from fkdiff.sampling import (baselines, mcmc, normalized_weights, prior_sample, smc_sample,
+                             targets)
+
+SIGMA_MIN, SIGMA_MAX = 0.002, 10.0
+
+
+def gauss_energy(mu, s2):
+  """Normalised energy of N(mu, s2) diffused to σ: N(mu, s2 + σ²); x of shape (d,)."""
+  def energy(x, sigma):
+    v = s2 + sigma**2
+    return 0.5 * jnp.sum((x - mu)**2) / v + 0.5 * x.size * jnp.log(2 * jnp.pi * v)
+  return energy
+
+
+def run_many(potential, num_runs, num, num_levels, event_shape=(1,), seed=0, sigma_data=1.0,
+             sigma_max=SIGMA_MAX, **kwargs):
+  sigmas = karras_sigmas(num_levels, SIGMA_MIN, sigma_max)
+  fn = jax.jit(jax.vmap(lambda k: smc_sample(k, potential, sigmas, num, event_shape,
+                                             sigma_data=sigma_data, **kwargs)))
+  return fn(jax.random.split(jax.random.key(seed), num_runs))
+
+
+def per_run_mean(res, f):
+  """Self-normalised per-run estimates of E[f(x)]; f maps (..., *event) -> (...)."""
+  w = jax.vmap(normalized_weights)(res.log_weights)
+  return np.asarray(jnp.sum(w * f(res.particles), axis=1), np.float64)
+
+
+def assert_mc_close(estimates, exact, num_se):
+  estimates = np.asarray(estimates, np.float64)
+  mean = estimates.mean(0)
+  se = estimates.std(0, ddof=1) / np.sqrt(estimates.shape[0])
+  assert np.all(np.abs(mean - exact) < num_se * se), (mean, exact, se)
+
+
+def naive_em_variance(sigmas, beta):
+  """Exact variance of the naive reverse EM chain with score −β x/(1+σ²) started at the prior."""
+  s = np.asarray(sigmas, np.float64)
+  v = s[0]**2 + 1.0
+  for a, b in zip(s[:-1], s[1:]):
+    d = a**2 - b**2
+    v = v * (1 - beta * d / (1 + a**2))**2 + d
+  return v
+
+
+VAR = lambda x: x[..., 0]**2                     # second moment; the targets have mean 0
+
+
+# ---------------------------------------------------------------- tempered Gaussian, β = 2
+def test_tempered_gaussian_variance_and_naive_bias():
+  beta = 2.0
+  potential = targets.tempered(gauss_energy(0.0, 1.0), beta)
+  res = run_many(potential, num_runs=64, num=500, num_levels=100)
+  assert not np.any(res.weights_invalid)
+  exact = (1 + SIGMA_MIN**2) / beta                                  # p_{σ_K}^β = N(0, (1+σ_K²)/β)
+  assert_mc_close(per_run_mean(res, VAR), exact, 3)
+
+  # Naive: β-scaled score, no weights. Its exact (discretised) variance is ≈ 1/3, not 1/2.
+  sigmas = karras_sigmas(200, SIGMA_MIN, SIGMA_MAX)
+  n = 8000
+  x0 = prior_sample(jax.random.key(5), n, (1,), SIGMA_MAX, 1.0)
+  x = baselines.naive_reverse_sample(jax.random.key(6), potential, x0, sigmas)
+  v = float(jnp.var(x))
+  v_chain = naive_em_variance(sigmas, beta)
+  assert abs(v_chain - 1 / 3) < 0.02
+  assert abs(v - v_chain) < 4 * v_chain * np.sqrt(2 / n)
+  assert abs(v - 0.5) > 10 * v_chain * np.sqrt(2 / n)                # asserted biased
+
+
+# ---------------------------------------------------------------- product N(−1,1)·N(1,1)
+def test_product_of_gaussians_variance_and_naive_bias():
+  potential = targets.product([gauss_energy(-1.0, 1.0), gauss_energy(1.0, 1.0)])
+  res = run_many(potential, num_runs=64, num=500, num_levels=100, seed=1)
+  exact = (1 + SIGMA_MIN**2) / 2
+  assert_mc_close(per_run_mean(res, lambda x: x[..., 0]), 0.0, 3)
+  assert_mc_close(per_run_mean(res, VAR), exact, 3)
+
+  sigmas = karras_sigmas(200, SIGMA_MIN, SIGMA_MAX)
+  n = 8000
+  x0 = prior_sample(jax.random.key(7), n, (1,), SIGMA_MAX, 1.0)
+  x = baselines.naive_reverse_sample(jax.random.key(8), potential, x0, sigmas)
+  v = float(jnp.var(x))
+  v_chain = naive_em_variance(sigmas, 2.0)                # summed score = −2x/(1+σ²)
+  assert abs(v - v_chain) < 4 * v_chain * np.sqrt(2 / n)
+  assert abs(v - 0.5) > 10 * v_chain * np.sqrt(2 / n)
+
+
+# ---------------------------------------------------------------- product of two 2-D mixtures
+def test_product_of_2d_mixtures_mode_masses():
+  a = gmm.make_mixture([0.6, 0.4], [[-1.0, 0.0], [1.0, 0.0]], [0.5, 0.5])
+  b = gmm.make_mixture([0.7, 0.3], [[0.5, -1.0], [-0.5, 1.0]], [0.4, 0.4])
+  potential = targets.product([functools.partial(gmm.energy, a), functools.partial(gmm.energy, b)])
+  res = run_many(potential, num_runs=12, num=1500, num_levels=48, event_shape=(2,), seed=2)
+  # Exact final target: the product of the two mixtures diffused to σ_K.
+  prod, _ = gmm.product(gmm.diffuse(a, SIGMA_MIN), gmm.diffuse(b, SIGMA_MIN))
+  resp = jax.vmap(jax.vmap(functools.partial(gmm.responsibilities, prod)))
+  w = jax.vmap(normalized_weights)(res.log_weights)
+  masses = np.asarray(jnp.einsum("rn,rnk->rk", w, resp(res.particles)))   # E[r_k] = w_k
+  exact = np.asarray(prod.weights)
+  assert exact.min() > 0.05                                  # every mode matters
+  assert_mc_close(masses, exact, 4)                          # 4 modes → 4 s.e.
+
+
+# ---------------------------------------------------------------- tempered 1-D mixture, β = 3
+def _mixture_1d():
+  return gmm.make_mixture([0.8, 0.2], [[-2.0], [2.0]], [0.25, 0.25])
+
+
+def _grid_mass_positive(mix, sigma, beta):
+  x = np.linspace(-8, 8, 64001)
+  e = np.asarray(jax.vmap(lambda t: gmm.energy(mix, t[None], sigma))(jnp.asarray(x)), np.float64)
+  p = np.exp(-beta * (e - e.min()))
+  return p[x > 0].sum() / p.sum()
+
+
+def test_tempered_mixture_mass():
+  mix, beta = _mixture_1d(), 3.0
+  exact = _grid_mass_positive(mix, SIGMA_MIN, beta)
+  assert abs(exact - 0.0154) < 5e-5                 # the issue's number (σ_K is negligible)
+  potential = targets.tempered(functools.partial(gmm.energy, mix), beta)
+  res = run_many(potential, num_runs=16, num=2000, num_levels=100, seed=3, sigma_data=1.7)
+  masses = per_run_mean(res, lambda x: (x[..., 0] > 0).astype(jnp.float32))
+  assert_mc_close(masses, exact, 3)
+
+
+# ---------------------------------------------------------------- Ẑ unbiased
+def _check_z_unbiased(potential, log_z_exact, seed):
+  res = run_many(potential, num_runs=256, num=200, num_levels=32, seed=seed)
+  ratio = np.exp(np.asarray(res.log_Z, np.float64) - log_z_exact)
+  assert_mc_close(ratio, 1.0, 2)                    # issue 4: within 2 s.e. of exact
+
+
+def test_log_z_unbiased_tempered_gaussian():
+  beta, s2 = 2.0, 1.0 + SIGMA_MIN**2            # final target N(0, s2)^β with s2 at σ_K
+  log_z = (1 - beta) / 2 * np.log(2 * np.pi * s2) - 0.5 * np.log(beta)
+  _check_z_unbiased(targets.tempered(gauss_energy(0.0, 1.0), beta), log_z, seed=10)
+
+
+def test_log_z_unbiased_product():
+  a = gmm.make_mixture([1.0], [[-1.0]], [1.0])
+  b = gmm.make_mixture([1.0], [[1.0]], [1.0])
+  _, log_z = gmm.product(gmm.diffuse(a, SIGMA_MIN), gmm.diffuse(b, SIGMA_MIN))
+  assert np.isclose(float(log_z), -1.0 - 0.5 * np.log(4 * np.pi), atol=1e-5)  # N(2; 0, 2)
+  potential = targets.product([gauss_energy(-1.0, 1.0), gauss_energy(1.0, 1.0)])
+  _check_z_unbiased(potential, float(log_z), seed=11)
+
+
+# ---------------------------------------------------------------- bounds
+def test_hard_box_samples_inside_and_truncated_mean():
+  lo, hi = -0.5, 1.5
+  sigmas = karras_sigmas(48, SIGMA_MIN, SIGMA_MAX)
+  sigma_on = float(sigmas[-2] + sigmas[-1]) / 2        # indicator on at the final level only
+  potential = targets.bounded_hard(gauss_energy(0.0, 1.0), lo, hi, sigma_on)
+  res = run_many(potential, num_runs=8, num=1000, num_levels=48, seed=4)
+  x = np.asarray(res.particles[..., 0])
+  alive = np.isfinite(np.asarray(res.log_weights))
+  assert alive.any(axis=1).all()
+  assert np.all((x[alive] >= lo) & (x[alive] <= hi))
+  # Mean of N(0, 1+σ_K²) truncated to [lo, hi], on a grid.
+  g = np.linspace(lo, hi, 20001)
+  dens = np.exp(-0.5 * g**2 / (1 + SIGMA_MIN**2))
+  assert_mc_close(per_run_mean(res, lambda x: x[..., 0]), np.sum(g * dens) / dens.sum(), 3)
+  # final_resample: every returned particle inside.
+  one = smc_sample(jax.random.key(0), potential, sigmas, 500, (1,), sigma_data=1.0,
+                   final_resample=True)
+  assert np.all((np.asarray(one.particles) >= lo) & (np.asarray(one.particles) <= hi))
+
+
+def test_soft_box_mass_mostly_inside():
+  potential = targets.bounded_soft(gauss_energy(0.0, 1.0), -0.5, 1.5)
+  res = run_many(potential, num_runs=4, num=1000, num_levels=48, seed=5)
+  outside = per_run_mean(res, lambda x: ((x[..., 0] < -0.51) | (x[..., 0] > 1.51)).astype(
+      jnp.float32))
+  assert outside.max() < 0.01
+
+
+# ---------------------------------------------------------------- rejuvenation, approximate
+@pytest.mark.parametrize("kernel", ["mala", "hmc"])
+def test_rejuvenation_keeps_correctness(kernel):
+  beta = 2.0
+  potential = targets.tempered(gauss_energy(0.0, 1.0), beta)
+  res = run_many(potential, num_runs=8, num=1000, num_levels=32, seed=6, rejuvenation=kernel,
+                 rejuvenation_steps=2, rejuvenation_step_size=lambda s: 0.1 * (s**2 + 0.5))
+  assert_mc_close(per_run_mean(res, VAR), (1 + SIGMA_MIN**2) / beta, 3)
+  resampled = np.asarray(res.info.resampled)
+  acc = np.asarray(res.info.acceptance_rate)
+  assert resampled.any()
+  assert np.all(acc[resampled] > 0.3) and np.all(acc[resampled] <= 1.0)
+  assert np.all(acc[~resampled] == 0.0)
+
+
+def test_approximate_weights_run_and_are_roughly_right():
+  # Documented as approximate: only a loose check against the exact 0.5 (naive gives ≈ 1/3).
+  energy = gauss_energy(0.0, 1.0)
+  res = run_many(targets.tempered(energy, 2.0), num_runs=4, num=1000, num_levels=64, seed=7,
+                 weight_mode="approximate", base_energy=energy)
+  assert abs(per_run_mean(res, VAR).mean() - 0.5) < 0.06
+
+
+def test_resample_sigma_range_respected():
+  potential = targets.tempered(gauss_energy(0.0, 1.0), 2.0)
+  res = run_many(potential, num_runs=2, num=500, num_levels=32, resample_sigma_range=(0.0, 1.0),
+                 ess_threshold=1.0)
+  sig = np.asarray(res.info.sigma)
+  resampled = np.asarray(res.info.resampled)
+  assert not resampled[sig > 1.0].any() and resampled[sig <= 1.0].any()
+
+
+# ---------------------------------------------------------------- annealed MCMC baselines
+@pytest.mark.parametrize("kernel", ["ula", "mala", "hmc"])
+def test_annealed_mcmc_baselines(kernel):
+  potential = targets.tempered(gauss_energy(0.0, 1.0), 2.0)
+  sigmas = karras_sigmas(32, SIGMA_MIN, SIGMA_MAX)
+  x0 = prior_sample(jax.random.key(0), 2000, (1,), SIGMA_MAX, 1.0)
+  out = jax.jit(lambda k, x: mcmc.annealed_mcmc_sample(
+      k, potential, x, sigmas, kernel=kernel, num_steps_per_level=5,
+      step_size=lambda s: 0.1 * (s**2 + 0.5)))(jax.random.key(1), x0)
+  assert out.particles.shape == (2000, 1) and out.acceptance_rate.shape == (32,)
+  assert np.all(np.asarray(out.acceptance_rate) > 0.3)
+  assert np.all(np.isfinite(np.asarray(out.particles)))
+  assert abs(float(jnp.var(out.particles)) - 0.5) < 0.1   # baselines: a loose sanity bound
+
+
+# ---------------------------------------------------------------- other targets (formulas)
+def test_target_formulas():
+  x, s = jnp.array([0.3, -0.7]), jnp.float32(0.5)
+  e1, e2 = gauss_energy(-1.0, 1.0), gauss_energy(1.0, 0.5)
+  mix = gmm.make_mixture([0.25, 0.75], [[-1.0, -1.0], [1.0, 1.0]], [1.0, 0.5])
+  u_or = targets.disjunction([e1, e2], [1.0, 3.0])
+  np.testing.assert_allclose(u_or(x, s), gmm.energy(mix, x, s), rtol=1e-5)
+  np.testing.assert_allclose(targets.negation(e1, e2, 0.5)(x, s), e1(x, s) - 0.5 * e2(x, s))
+  cfg = targets.conditional_and(e1, [e2], [3.0])
+  np.testing.assert_allclose(cfg(x, s), e1(x, s) + 3.0 * (e2(x, s) - e1(x, s)), rtol=1e-6)
+  comp = targets.product([targets.tempered(e1, 2.0), e2], [0.5, 1.0])  # composable
+  np.testing.assert_allclose(comp(x, s), e1(x, s) + e2(x, s), rtol=1e-6)
+  tilt = targets.reward_tilt(e1, lambda y: jnp.sum(y), 2.0)
+  d = x - s**2 * jax.grad(e1)(x, s)
+  np.testing.assert_allclose(tilt(x, s), e1(x, s) - 2.0 * jnp.sum(d), rtol=1e-6)
+  hard = targets.bounded_hard(e1, -1.0, 0.0, sigma_on=1.0)
+  assert np.isinf(hard(x, s)) and np.isfinite(hard(x, jnp.float32(2.0)))
+
+
+# ---------------------------------------------------------------- bad input, jit
+def test_bad_inputs_raise():
+  energy = gauss_energy(0.0, 1.0)
+  sigmas = karras_sigmas(8, SIGMA_MIN, SIGMA_MAX)
+  key = jax.random.key(0)
+  for beta in [0.0, -1.0]:
+    with pytest.raises(ValueError, match="beta"):
+      targets.tempered(energy, beta)
+  with pytest.raises(ValueError, match="num_particles"):
+    smc_sample(key, energy, sigmas, 1, (1,), sigma_data=1.0)
+  with pytest.raises(ValueError, match="decreasing"):
+    smc_sample(key, energy, sigmas[::-1], 10, (1,), sigma_data=1.0)
+  with pytest.raises(ValueError, match="decreasing"):
+    smc_sample(key, energy, jnp.array([2.0, 1.0, 1.0]), 10, (1,), sigma_data=1.0)
+  with pytest.raises(ValueError, match="shape"):
+    smc_sample(key, lambda x, s: x**2, sigmas, 10, (2,), sigma_data=1.0)     # not a scalar
+  a3 = jnp.ones((3, 3))
+  mismatched = targets.product([energy, lambda x, s: jnp.sum((a3 @ x)**2)])
+  with pytest.raises(ValueError, match="event_shape"):
+    smc_sample(key, mismatched, sigmas, 10, (2,), sigma_data=1.0)
+  with pytest.raises(ValueError, match="systematic"):
+    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, resampling="nope")
+  with pytest.raises(ValueError, match="base_energy"):
+    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, weight_mode="approximate")
+
+
+def test_all_weights_minus_inf_is_flagged_not_nan():
+  empty_box = targets.bounded_hard(gauss_energy(0.0, 1.0), 1.0, -1.0, jnp.inf)  # lower > upper
+  sigmas = karras_sigmas(16, SIGMA_MIN, SIGMA_MAX)
+  res = jax.jit(lambda k: smc_sample(k, empty_box, sigmas, 64, (1,), sigma_data=1.0))(
+      jax.random.key(0))
+  assert bool(res.weights_invalid) and np.all(np.asarray(res.info.weights_invalid))
+  assert np.isneginf(float(res.log_Z))
+  assert np.all(np.isfinite(np.asarray(res.particles))) and int(res.num_nonfinite) == 0
+
+
+def test_jit_and_compile_size_independent_of_steps():
+  potential = targets.tempered(gauss_energy(0.0, 1.0), 2.0)
+
+  def eqns(num_levels):
+    sigmas = karras_sigmas(num_levels, SIGMA_MIN, SIGMA_MAX)
+    f = lambda k: smc_sample(k, potential, sigmas, 16, (1,), sigma_data=1.0,
+                             rejuvenation="mala", denoise_fn=lambda x, s: x)
+    return len(jax.make_jaxpr(f)(jax.random.key(0)).jaxpr.eqns)
+
+  assert eqns(10) == eqns(1000)
+  sigmas = karras_sigmas(10, SIGMA_MIN, SIGMA_MAX)
+  jitted = jax.jit(smc_sample, static_argnums=(1, 3, 4), static_argnames=("sigma_data",))
+  res = jitted(jax.random.key(0), potential, sigmas, 16, (1,), sigma_data=1.0)
+  assert res.particles.shape == (16, 1) and res.info.ess.shape == (9,)
