@@ -38,6 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.workdir = ""                      # workdir of a finished teacher run.
   c.teacher.init_student = True               # h starts from the teacher's weights.
   c.teacher.use_ema = True                    # distill the teacher's EMA parameters.
+  c.teacher.log_asymmetry = True              # log how non-conservative the teacher is.
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.sigma_min = 0.002

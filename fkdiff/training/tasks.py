@@ -48,7 +48,90 @@ def teacher_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
               lambda p, x, s: denoise(p, x, s))
 
 
-_TASKS = {"teacher": teacher_task}
+def _energy_model(config: ml_collections.ConfigDict, sigma_data: float):
+  """The energy model of ``config`` and its per-example energy and denoiser functions."""
+  model = models.EnergyModel(models.get_backbone(config.model), sigma_data,
+                             config.energy.parameterization)
+  energy_fn = lambda p, x, s, label=None: model.apply(p, x, s, label)
+  if config.energy.remat:   # recompute the backbone in the backward pass (double backprop).
+    energy_fn = jax.checkpoint(energy_fn)
+
+  def denoise(p, x, s, label=None):
+    return x - s**2 * jax.grad(energy_fn, argnums=1)(p, x, s, label)
+
+  return model, energy_fn, denoise
+
+
+def energy_dsm_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
+  """An energy trained from scratch by denoising score matching (the unstable baseline)."""
+  model, energy_fn, denoise = _energy_model(config, data.sigma_data)
+  dsm = losses.make_dsm_loss(denoise, data.sigma_data, config.diffusion.p_mean,
+                             config.diffusion.p_std)
+  return Task(lambda key: model.init(key, jnp.zeros(data.event_shape), jnp.ones(())),
+              lambda p, batch, key, frozen: dsm(p, batch, key),
+              lambda p, x, s: denoise(p, x, s), lambda p, x, s: energy_fn(p, x, s))
+
+
+def load_teacher(config: ml_collections.ConfigDict):
+  """The frozen teacher of a distillation config: ``(teacher_config, params, denoise_fn)``.
+
+  Raises:
+    CheckpointError: if ``config.teacher.workdir`` is missing or holds no readable checkpoint.
+    ValueError: if the run there is not a teacher, or its architecture differs from the student's
+      while ``teacher.init_student`` is on.
+  """
+  from fkdiff.data.pipeline import make_data_source
+  from fkdiff.training import checkpoint
+  teacher_config, tree, _ = checkpoint.load_run(config.teacher.workdir)
+  if teacher_config.task != "teacher":
+    raise ValueError(f"{config.teacher.workdir} holds a {teacher_config.task!r} run, not a "
+                     "teacher; point teacher.workdir at a run of task 'teacher'.")
+  if config.teacher.init_student and teacher_config.model.to_dict() != config.model.to_dict():
+    diffs = [f"model.{k}: teacher {teacher_config.model.get(k)!r}, student {v!r}"
+             for k, v in config.model.items() if teacher_config.model.get(k) != v]
+    raise ValueError("The student must have the teacher's architecture to start from its "
+                     f"weights ({'; '.join(diffs)}). Copy the teacher's model settings or set "
+                     "teacher.init_student=False.")
+  sigma_data = make_data_source(teacher_config.data).sigma_data
+  denoise = models.make_denoiser(models.get_backbone(teacher_config.model), sigma_data)
+  params = tree["ema_params" if config.teacher.use_ema else "params"]
+  return teacher_config, params, denoise, sigma_data
+
+
+def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
+  """An energy distilled from a frozen teacher by conservative projection (METHOD.md §3).
+
+  The student uses the teacher's σ_d, starts from the teacher's weights when
+  ``teacher.init_student``, and receives the teacher's parameters as ``frozen`` (never trained,
+  never checkpointed with the student).
+  """
+  _, teacher_params, teacher_denoise, sigma_data = load_teacher(config)
+  model, energy_fn, denoise = _energy_model(config, sigma_data)
+  d = config.diffusion
+
+  def init_params(key):
+    params = model.init(key, jnp.zeros(data.event_shape), jnp.ones(()))
+    if config.teacher.init_student:
+      params = models.init_from_teacher(params, teacher_params)
+    return params
+
+  def loss_fn(params, batch, key, frozen):
+    teacher = lambda x, s, label=None: teacher_denoise(frozen, x, s, label)
+    loss, aux = losses.make_distill_loss(denoise, teacher, sigma_data, d.p_mean, d.p_std)(
+        params, batch, key)
+    if config.teacher.log_asymmetry:
+      # The same noisy points as the loss (same key), one random probe per example.
+      x_sigma, sigma = losses.noisy_batch(key, batch["x"], d.p_mean, d.p_std)
+      probes = jax.random.split(jax.random.fold_in(key, 1), sigma.shape[0])
+      aux["teacher_asymmetry"] = jax.vmap(
+          lambda x, s, k: losses.asymmetry(teacher, x, s, k))(x_sigma, sigma, probes)
+    return loss, aux
+
+  return Task(init_params, loss_fn, lambda p, x, s: denoise(p, x, s),
+              lambda p, x, s: energy_fn(p, x, s), frozen=teacher_params)
+
+
+_TASKS = {"teacher": teacher_task, "distill": distill_task, "energy_dsm": energy_dsm_task}
 
 
 def build_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
