@@ -1,4 +1,4 @@
-"""Dispatch from a config to the job that runs it (training now; pipelines later)."""
+"""Dispatch from a config to the job that runs it."""
 
 import jax
 import ml_collections
@@ -6,10 +6,17 @@ from absl import logging
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the job described by ``config`` in ``workdir`` and returns its results."""
-  from fkdiff.training import train_and_evaluate
+  """Runs the job described by ``config`` in ``workdir`` and returns its results.
+
+  Configs with ``job = 'toy2d'`` run the composition pipeline
+  (:mod:`fkdiff.experiments.toy2d`); all others are one training run
+  (:func:`fkdiff.training.train_and_evaluate`).
+  """
   logging.info("JAX devices: %s", jax.devices())
+  if config.get("job") == "toy2d":
+    from fkdiff.experiments import toy2d
+    return toy2d.run(config, workdir)
+  from fkdiff.training import train_and_evaluate
   results = train_and_evaluate(config, workdir)
-  logging.info("Results: %s", results)
-  print({k: v for k, v in results.items()})
+  print(results, flush=True)
   return results

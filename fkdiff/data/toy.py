@@ -5,13 +5,15 @@ import numpy as np
 from fkdiff.data.gmm import GaussianMixture, make_mixture
 
 
-def ring(num_modes: int = 8, radius: float = 2.0, std: float = 0.2,
-         weights=None) -> GaussianMixture:
-  """``num_modes`` isotropic modes evenly spaced on a circle of ``radius``."""
+def ring(num_modes: int = 8, radius: float = 2.0, std=0.2, weights=None) -> GaussianMixture:
+  """``num_modes`` isotropic modes evenly spaced on a circle of ``radius``.
+
+  ``std`` is one standard deviation for all modes or one per mode.
+  """
   angles = 2 * np.pi * np.arange(num_modes) / num_modes
   means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
   weights = np.ones(num_modes) if weights is None else weights
-  return make_mixture(weights, means, np.full(num_modes, std**2))
+  return make_mixture(weights, means, np.broadcast_to(np.asarray(std, float)**2, (num_modes,)))
 
 
 def grid(num_per_side: int = 3, spacing: float = 1.5, std: float = 0.2,
@@ -40,8 +42,8 @@ def bar(separation: float = 2.0, long_std: float = 1.0, short_std: float = 0.15,
   return make_mixture(weights, means, variances)
 
 
-def unequal(weights=(0.7, 0.2, 0.1), radius: float = 1.5, std: float = 0.25) -> GaussianMixture:
-  """Modes of unequal weights on a circle (for low-temperature and energy-difference tests)."""
+def unequal(weights=(0.7, 0.2, 0.1), radius: float = 1.5, std=0.25) -> GaussianMixture:
+  """Modes of unequal weights (and optionally widths) on a circle (low temperature, energies)."""
   return ring(len(weights), radius, std, weights=np.asarray(weights))
 
 

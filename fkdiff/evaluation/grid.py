@@ -5,15 +5,17 @@ normalised density, its log normaliser, mode masses and exact samples, to grid a
 (METHOD.md §5). This is the ground truth of the toy composition and low-temperature tasks.
 """
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 Array = jax.Array
 
 
-class GridDensity(NamedTuple):
+@struct.dataclass
+class GridDensity:
   """A normalised density tabulated on a regular ``n × n`` grid of cell centres.
 
   Attributes:
@@ -26,8 +28,8 @@ class GridDensity(NamedTuple):
   points: Array
   log_p: Array
   log_z: Array
-  lim: float
-  cell: float
+  lim: float = struct.field(pytree_node=False)
+  cell: float = struct.field(pytree_node=False)
 
 
 def tabulate(log_density: Callable[[Array], Array], lim: float, n: int = 400) -> GridDensity:
@@ -54,7 +56,10 @@ def log_prob(grid: GridDensity, x: Array) -> Array:
 def sample(grid: GridDensity, key: Array, num: int) -> Array:
   """Exact samples (to grid accuracy): a cell by its mass, then uniform inside it; ``(num, 2)``."""
   k_cell, k_jitter = jax.random.split(key)
-  cells = jax.random.categorical(k_cell, grid.log_p, shape=(num,))
+  # Inverse-CDF draw of the cells (categorical's Gumbel trick would need num × cells normals).
+  cdf = jnp.cumsum(jnp.exp(grid.log_p - jax.nn.logsumexp(grid.log_p)))
+  u = jax.random.uniform(k_cell, (num,)) * cdf[-1]
+  cells = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, grid.log_p.shape[0] - 1)
   jitter = jax.random.uniform(k_jitter, (num, 2), minval=-0.5, maxval=0.5) * grid.cell
   return grid.points[cells] + jitter
 

@@ -47,3 +47,49 @@ def samples_figure(samples, mixture: Optional[gmm_lib.GaussianMixture], path: st
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def task_figure(path: str, title: str, grid, samples: dict, methods, sources,
+                max_points: int = 2000) -> None:
+  """One panel per (energy source, method): samples over the exact target density (a grid)."""
+  plt = _figure()
+  n = int(round(np.sqrt(grid.points.shape[0])))
+  xx = np.asarray(grid.points[:, 0]).reshape(n, n)
+  yy = np.asarray(grid.points[:, 1]).reshape(n, n)
+  density = np.exp(np.asarray(grid.log_p)).reshape(n, n)
+  fig, axes = plt.subplots(len(sources), len(methods), figsize=(3 * len(methods),
+                                                               3 * len(sources)), squeeze=False)
+  for i, source in enumerate(sources):
+    for j, method in enumerate(methods):
+      ax = axes[i, j]
+      ax.contourf(xx, yy, density, levels=20, cmap="Blues")
+      pts = samples[(title, method, source)][0][:max_points]
+      ax.scatter(pts[:, 0], pts[:, 1], s=1, c="tab:red", alpha=0.4)
+      ax.set_xlim(-grid.lim, grid.lim)
+      ax.set_ylim(-grid.lim, grid.lim)
+      ax.set_aspect("equal")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      ax.set_title(f"{method} / {source}", fontsize=9)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def ess_figure(path: str, results: dict, sigmas) -> None:
+  """SMC's ESS fraction against σ (log scale, decreasing to the right) for every run."""
+  plt = _figure()
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  for (task, method, source), (_, ess) in results.items():
+    if ess is not None:
+      ax.plot(np.asarray(sigmas)[:len(ess)], np.asarray(ess), label=f"{task} / {source}")
+  ax.set_xscale("log")
+  ax.invert_xaxis()
+  ax.set_xlabel("σ")
+  ax.set_ylabel("ESS / N")
+  ax.set_ylim(0, 1.05)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)

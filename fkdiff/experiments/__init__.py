@@ -1,0 +1,1 @@
+"""End-to-end jobs built from the library: stages, ground truth, results tables."""

@@ -1,0 +1,385 @@
+"""The main job: toy 2-D composition and low temperature, end to end, against exact ground truth.
+
+Stages (each a ``train_and_evaluate`` run in its own sub-workdir; finished ones are reused):
+  1. a teacher (EDM denoiser) per 2-D Gaussian-mixture dataset,   ``<workdir>/teachers/<name>``;
+  2. an energy distilled from each teacher,                       ``<workdir>/energies/<name>``;
+  3. sampling tasks, each with every method and energy source:
+     - ``product``: the product of two models (``∝ p_a p_b``),
+     - ``low_temperature``: ``∝ p^β`` of a mixture with unequal weights;
+     methods ``smc`` (Feynman–Kac SMC), ``naive`` (reverse diffusion on summed / scaled scores),
+     ``mala`` / ``hmc`` (annealed MCMC); energy sources ``learned`` (the distilled energies) and
+     ``exact`` (closed-form diffused mixtures), which separates learning error from sampler error.
+Every sample set is scored against the exact target at the final level σ_K: NLL, mode masses,
+sliced Wasserstein and energy distance to exact samples, ESS and ``log Ẑ`` (vs the exact value
+where the energies are normalised). Outputs: ``results.json``, a printed table, PNG plots,
+TensorBoard scalars.
+"""
+
+import functools
+import json
+import os
+from typing import Callable, Dict, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from fkdiff import models
+from fkdiff.data import gmm as gmm_lib
+from fkdiff.data import toy
+from fkdiff.diffusion import edm
+from fkdiff.evaluation import distances, grid as grid_lib, plots
+from fkdiff.sampling import mcmc, reverse, smc, targets
+from fkdiff.sampling.baselines import naive_reverse_sample
+from fkdiff.training import checkpoint
+from fkdiff.training.config import default_config, validate_config
+
+TASKS = ("product", "low_temperature")
+METHODS = ("smc", "naive", "mala", "hmc")
+SOURCES = ("learned", "exact")
+
+
+def job_config() -> ml_collections.ConfigDict:
+  """Every key the toy2d job understands (see ``configs/toy2d.py``)."""
+  c = ml_collections.ConfigDict()
+  c.job = "toy2d"
+  c.seed = 0
+  c.datasets = ml_collections.ConfigDict()      # name -> {mixture, mixture_kwargs}; free-form.
+  c.tasks = TASKS
+  c.methods = METHODS
+  c.energies = SOURCES
+  c.product = ml_collections.ConfigDict({"models": ("ring", "bar")})
+  c.low_temperature = ml_collections.ConfigDict({"model": "unequal", "beta": 3.0})
+  c.teacher = default_config()                  # training settings shared by every teacher.
+  c.distill = default_config()                  # ... and by every distillation.
+  c.sampler = ml_collections.ConfigDict()
+  c.sampler.num_particles = 2048
+  c.sampler.num_steps = 100
+  c.sampler.sigma_max = 10.0
+  c.sampler.sigma_min = 0.01
+  c.sampler.rho = 7.0
+  c.sampler.ess_threshold = 0.5
+  c.sampler.rejuvenation = ""                   # '', 'mala' or 'hmc' (after resampling).
+  c.sampler.rejuvenation_steps = 1
+  c.sampler.mcmc_steps_per_level = 3
+  c.sampler.mcmc_step_scale = 0.05              # MCMC step size = scale · σ_k² (+ floor below).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.grid_size = 400
+  c.eval.num_distance_samples = 2048
+  return c
+
+
+def validate_job_config(config: ml_collections.ConfigDict) -> None:
+  """Unknown keys, task, method or energy names: a ``ValueError`` naming them."""
+  reference = job_config()
+  for key in config.keys():
+    if key not in reference:
+      raise ValueError(f"Unknown config key '{key}' for the toy2d job; valid: {sorted(reference)}.")
+  for section in ("product", "low_temperature", "sampler", "eval"):
+    for key in config[section].keys():
+      if key not in reference[section]:
+        raise ValueError(f"Unknown config key '{section}.{key}'; valid: "
+                         f"{sorted(reference[section])}.")
+  validate_config(config.teacher)
+  validate_config(config.distill)
+  for kind, names, valid in (("task", config.tasks, TASKS), ("method", config.methods, METHODS),
+                             ("energy source", config.energies, SOURCES)):
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+      raise ValueError(f"Unknown {kind} {unknown[0]!r} in the config; choose from {valid}.")
+  for name in _needed_models(config):
+    if name not in config.datasets:
+      raise ValueError(f"Dataset {name!r} is used by a task but not defined in config.datasets "
+                       f"(defined: {sorted(config.datasets)}).")
+
+
+def _needed_models(config):
+  names = []
+  if "product" in config.tasks:
+    names += list(config.product.models)
+  if "low_temperature" in config.tasks:
+    names.append(config.low_temperature.model)
+  return list(dict.fromkeys(names))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages 1-2: teachers and distilled energies.
+
+
+def _stage_config(base: ml_collections.ConfigDict, task: str, dataset, teacher_workdir=""):
+  c = ml_collections.ConfigDict(base.to_dict())
+  c.task = task
+  c.data.mixture = dataset.mixture
+  c.data.mixture_kwargs = ml_collections.ConfigDict(dataset.get("mixture_kwargs", {}).to_dict()
+                                                    if "mixture_kwargs" in dataset else {})
+  if task == "distill":
+    c.teacher.workdir = teacher_workdir
+  return c
+
+
+def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Trains ``config`` in ``workdir`` unless a checkpoint of its final step is already there."""
+  from fkdiff.training import train_and_evaluate
+  if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    checkpoint.check_compatible(workdir, config)
+    try:
+      _, _, step = checkpoint.load_run(workdir)
+    except checkpoint.CheckpointError:
+      step = None
+    if step == config.training.num_steps:
+      msg = f"Stage {name}: finished at step {step} in {workdir}; reusing its checkpoint."
+      logging.info(msg)
+      print(msg, flush=True)
+      return
+  print(f"Stage {name}: training in {workdir} ...", flush=True)
+  train_and_evaluate(config, workdir)
+
+
+def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, str]:
+  """Runs (or reuses) teacher and distillation stages; returns ``{model name: energy workdir}``."""
+  out = {}
+  for name in _needed_models(config):
+    dataset = config.datasets[name]
+    t_dir = os.path.join(workdir, "teachers", name)
+    e_dir = os.path.join(workdir, "energies", name)
+    run_stage(f"teacher/{name}", _stage_config(config.teacher, "teacher", dataset), t_dir)
+    run_stage(f"energy/{name}", _stage_config(config.distill, "distill", dataset, t_dir), e_dir)
+    out[name] = e_dir
+  return out
+
+
+class Energies(NamedTuple):
+  """Per-example energies ``fn(params, x, σ)`` of named models, with their parameters."""
+  fns: Dict[str, Callable]
+  params: Dict[str, object]
+
+
+def load_learned(energy_dirs: Dict[str, str]) -> Energies:
+  """The distilled energies (EMA parameters) of the stage workdirs."""
+  from fkdiff.training.tasks import load_teacher
+  fns, params = {}, {}
+  for name, e_dir in energy_dirs.items():
+    config, tree, _ = checkpoint.load_run(e_dir)
+    *_, sigma_data = load_teacher(config)
+    model = models.EnergyModel(models.get_backbone(config.model), sigma_data,
+                               config.energy.parameterization)
+    fns[name] = functools.partial(lambda m, p, x, s: m.apply(p, x, s), model)
+    params[name] = tree["ema_params"]
+  return Energies(fns, params)
+
+
+def exact_energies(mixtures: Dict[str, gmm_lib.GaussianMixture]) -> Energies:
+  """Closed-form diffused energies ``−log p_σ`` (normalised) of the mixtures."""
+  fns = {n: (lambda p, x, s: gmm_lib.energy(p, x, s)) for n in mixtures}
+  return Energies(fns, dict(mixtures))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: sampling tasks and their exact ground truth.
+
+
+class Truth(NamedTuple):
+  """Exact target at σ_K: tabulated density, the modes defining regions, masses, normaliser."""
+  grid: grid_lib.GridDensity
+  modes: gmm_lib.GaussianMixture   # a point belongs to its most responsible component.
+  mode_masses: jax.Array           # (M,) exact mass of each region.
+  log_z: float                     # log ∫ exp(−U_K) with normalised exact energies.
+
+
+def _lim(*mixtures):
+  return max(float(jnp.max(jnp.abs(m.means))) + 4 * float(jnp.sqrt(jnp.max(m.covs)))
+             for m in mixtures)
+
+
+def assign_modes(modes: gmm_lib.GaussianMixture, points: jax.Array) -> jax.Array:
+  """Index of the most responsible component for each of ``points (M, 2)``; ``(M,)``."""
+  resp = jax.vmap(gmm_lib.responsibilities, in_axes=(None, 0))(modes, points)
+  return jnp.argmax(resp, axis=-1)
+
+
+def _truth(log_density, modes, lim, log_z, grid_size) -> Truth:
+  grid = grid_lib.tabulate(log_density, lim, grid_size)
+  masses = jax.jit(lambda g: grid_lib.region_masses(
+      g, functools.partial(assign_modes, modes), modes.num_components))(grid)
+  return Truth(grid, modes, masses, float(grid.log_z if log_z is None else log_z))
+
+
+def product_truth(a, b, sigma, grid_size) -> Truth:
+  """Exact normalised product of the diffused mixtures (itself a mixture of K_a·K_b modes)."""
+  prod, log_z = gmm_lib.product(gmm_lib.diffuse(a, sigma), gmm_lib.diffuse(b, sigma))
+  keep = np.asarray(prod.weights) > 1e-4        # negligible components define no region.
+  modes = gmm_lib.GaussianMixture(prod.weights[keep] / prod.weights[keep].sum(),
+                                  prod.means[keep], prod.covs[keep])
+  return _truth(lambda x: gmm_lib.log_prob(prod, x), modes, _lim(a, b), log_z, grid_size)
+
+
+def tempered_truth(m, beta, sigma, grid_size) -> Truth:
+  """``p_σ^β`` tabulated on a grid; regions are those of the modes of ``p``."""
+  diffused = gmm_lib.diffuse(m, sigma)
+  return _truth(lambda x: beta * gmm_lib.log_prob(diffused, x), m, _lim(m), None, grid_size)
+
+
+def task_potential(task: str, config, energies: Energies):
+  """``(potential_fn(params, x, σ), params, model names)`` of a task on the given energies."""
+  if task == "product":
+    names = list(config.product.models)
+    def potential(params, x, s):
+      return targets.product([functools.partial(energies.fns[n], params[n]) for n in names])(x, s)
+  else:
+    names = [config.low_temperature.model]
+    def potential(params, x, s):
+      e = functools.partial(energies.fns[names[0]], params[names[0]])
+      return targets.tempered(e, config.low_temperature.beta)(x, s)
+  return potential, {n: energies.params[n] for n in names}, names
+
+
+def run_method(method: str, key, potential, params, config, sigma_data: float):
+  """Samples the task with one method; returns ``(samples (N, 2), diagnostics dict)``.
+
+  The potential's parameters enter the jitted sampler as arguments (never as constants).
+  """
+  s = config.sampler
+  sigmas = edm.karras_sigmas(s.num_steps, s.sigma_min, s.sigma_max, s.rho)
+  n = s.num_particles
+  step_size = lambda sig: s.mcmc_step_scale * sig**2 + 1e-4
+
+  @jax.jit
+  def sample(params, key):
+    u = lambda x, sig: potential(params, x, sig)
+    k_init, k_run = jax.random.split(key)
+    if method == "smc":
+      res = smc.smc_sample(k_run, u, sigmas, n, (2,), sigma_data=sigma_data,
+                           ess_threshold=s.ess_threshold, final_resample=True,
+                           rejuvenation=s.rejuvenation or None,
+                           rejuvenation_steps=s.rejuvenation_steps)
+      return res.particles, {"ess_final": res.ess, "ess_min_fraction": jnp.min(res.info.ess) / n,
+                             "num_resampled": jnp.sum(res.info.resampled),
+                             "log_Z": res.log_Z, "ess_path": res.info.ess / n}
+    x_init = reverse.prior_sample(k_init, n, (2,), s.sigma_max, sigma_data)
+    if method == "naive":
+      return naive_reverse_sample(k_run, u, x_init, sigmas), {}
+    res = mcmc.annealed_mcmc_sample(k_run, u, x_init, sigmas, kernel=method,
+                                    num_steps_per_level=s.mcmc_steps_per_level,
+                                    step_size=step_size)
+    return res.particles, {"acceptance_rate": jnp.mean(res.acceptance_rate)}
+
+  return sample(params, key)
+
+
+@functools.partial(jax.jit, static_argnames="num_distance")
+def _score(samples, truth: Truth, key, num_distance: int):
+  finite = jnp.all(jnp.isfinite(samples), axis=-1)
+  x = jnp.where(finite[:, None], samples, 0.0)
+  ids = assign_modes(truth.modes, x)
+  masses = jax.ops.segment_sum(finite / jnp.sum(finite), ids, truth.mode_masses.shape[0])
+  err = jnp.abs(masses - truth.mode_masses)
+  log_p = grid_lib.log_prob(truth.grid, x)
+  inside = jnp.isfinite(log_p) & finite
+  k_exact, k_sw = jax.random.split(key)
+  exact = grid_lib.sample(truth.grid, k_exact, num_distance)
+  return {"nll": -jnp.sum(jnp.where(inside, log_p, 0.0)) / jnp.sum(inside),
+          "outside_grid": 1.0 - jnp.mean(inside),
+          "mode_mass_tv": 0.5 * jnp.sum(err),
+          "mode_mass_max_error": jnp.max(err),
+          "sliced_wasserstein": distances.sliced_wasserstein(k_sw, x[:num_distance], exact),
+          "energy_distance": distances.energy_distance(x[:num_distance], exact),
+          "num_nonfinite": jnp.sum(~finite)}
+
+
+def score_samples(samples, truth: Truth, key, num_distance: int) -> dict:
+  """Metrics of ``samples (N, 2)`` against the exact target.
+
+  ``nll`` is the mean ``−log p`` over samples inside the grid (``outside_grid`` is the fraction
+  outside); mode masses and errors use the regions of ``truth.modes``; the distances compare the
+  first ``num_distance`` samples with as many exact ones. Non-finite samples are counted in
+  ``num_nonfinite`` (and placed at the origin for the distances).
+  """
+  num = min(num_distance, samples.shape[0])
+  return {k: float(v) for k, v in _score(jnp.asarray(samples), truth, key, num).items()}
+
+
+def run_tasks(config, workdir: str, learned: Energies | None, mixtures) -> dict:
+  """Stage 3: every task × method × energy source; returns the nested results dict."""
+  results, figures = {}, {}
+  sigma_k = config.sampler.sigma_min
+  sources = {"exact": exact_energies(mixtures)}
+  if learned is not None:
+    sources["learned"] = learned
+  key = jax.random.key(config.seed)
+  for task in config.tasks:
+    if task == "product":
+      a, b = (mixtures[n] for n in config.product.models)
+      truth = product_truth(a, b, sigma_k, config.eval.grid_size)
+    else:
+      m = mixtures[config.low_temperature.model]
+      truth = tempered_truth(m, config.low_temperature.beta, sigma_k, config.eval.grid_size)
+    results[task] = {"exact_mode_masses": [float(v) for v in truth.mode_masses],
+                     "exact_log_Z": truth.log_z}
+    for source in config.energies:
+      potential, params, names = task_potential(task, config, sources[source])
+      sigma_data = float(np.mean([gmm_lib.data_std(mixtures[n]) for n in names]))
+      for method in config.methods:
+        key, k_run, k_eval = jax.random.split(key, 3)
+        samples, diag = run_method(method, k_run, potential, params, config, sigma_data)
+        metrics = score_samples(samples, truth, k_eval, config.eval.num_distance_samples)
+        for name, value in diag.items():
+          if name != "ess_path":
+            metrics[name] = float(value)
+        if method == "smc" and source == "exact":
+          metrics["log_Z_exact"] = truth.log_z
+        results[task][f"{method}/{source}"] = metrics
+        figures[(task, method, source)] = (np.asarray(samples), diag.get("ess_path"))
+    plots.task_figure(os.path.join(workdir, f"{task}.png"), task, truth.grid, figures,
+                      config.methods, config.energies)
+  plots.ess_figure(os.path.join(workdir, "ess.png"), figures,
+                   np.asarray(edm.karras_sigmas(config.sampler.num_steps, config.sampler.sigma_min,
+                                                config.sampler.sigma_max, config.sampler.rho)))
+  return results
+
+
+def format_table(results: dict) -> str:
+  """The results as a fixed-width text table (one row per task × method × energy source)."""
+  cols = ("mode_mass_tv", "nll", "sliced_wasserstein", "energy_distance", "ess_min_fraction",
+          "log_Z", "log_Z_exact")
+  lines = [f"{'task':16s} {'method/energy':15s} " + " ".join(f"{c[:12]:>12s}" for c in cols)]
+  for task, rows in results.items():
+    for name, metrics in rows.items():
+      if not isinstance(metrics, dict):
+        continue
+      vals = " ".join(f"{metrics[c]:12.4f}" if c in metrics else f"{'-':>12s}" for c in cols)
+      lines.append(f"{task:16s} {name:15s} {vals}")
+  return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The whole job; returns (and writes to ``workdir/results.json``) the results table."""
+  from clu import metric_writers
+  validate_job_config(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+  mixtures = {}
+  for name in _needed_models(config):
+    ds = config.datasets[name]
+    kwargs = ds.mixture_kwargs.to_dict() if "mixture_kwargs" in ds else {}
+    mixtures[name] = toy.get_mixture(ds.mixture, **kwargs)
+  learned = None
+  if "learned" in config.energies:
+    learned = load_learned(train_models(config, workdir))
+  results = run_tasks(config, workdir, learned, mixtures)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  writer = metric_writers.create_default_writer(os.path.join(workdir, "sampling"),
+                                                just_logging=jax.process_index() > 0)
+  writer.write_scalars(0, {f"{task}/{name}/{metric}": value
+                           for task, rows in results.items() for name, row in rows.items()
+                           if isinstance(row, dict) for metric, value in row.items()})
+  writer.flush()
+  table = format_table(results)
+  print(table, flush=True)
+  with open(os.path.join(workdir, "results.txt"), "w") as f:
+    f.write(table + "\n")
+  return results
