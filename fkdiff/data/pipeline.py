@@ -24,11 +24,16 @@ class DataSource(NamedTuple):
     event_shape: shape of one example.
     sigma_data: the data standard deviation σ_d used for preconditioning.
     mixture: the exact density for toy data (ground truth for evaluation), else ``None``.
+    host_batch: for datasets served from host memory (images, :mod:`fkdiff.data.images`),
+      ``host_batch(seed, step, batch_size) -> batch`` of NumPy arrays, this process's
+      ``batch_size // process_count`` rows of the global batch of ``step`` (a pure function of
+      its arguments); the trainer then uses it instead of ``sample``. ``None`` otherwise.
   """
   sample: Callable[[Array, int], dict]
   event_shape: tuple
   sigma_data: float
   mixture: Optional[gmm_lib.GaussianMixture] = None
+  host_batch: Optional[Callable[[int, int, int], dict]] = None
 
 
 def toy2d_source(data: ml_collections.ConfigDict) -> DataSource:
@@ -45,7 +50,14 @@ def toy2d_source(data: ml_collections.ConfigDict) -> DataSource:
   return DataSource(sample, (mixture.dim,), float(sigma_data), mixture)
 
 
-_SOURCES = {"toy2d": toy2d_source}
+def image_source(data: ml_collections.ConfigDict) -> DataSource:
+  """An image dataset of :mod:`fkdiff.data.images` (imports TensorFlow: loaded on use)."""
+  from fkdiff.data import images
+  return images.image_source(data)
+
+
+_SOURCES = {"toy2d": toy2d_source, "digits": image_source, "cifar10": image_source,
+            "celeb_a": image_source, "afhqv2_64": image_source, "ffhq64": image_source}
 
 
 def make_data_source(data: ml_collections.ConfigDict) -> DataSource:

@@ -5,23 +5,32 @@ score ``s = −∇_x E`` (``jax.grad``), denoiser ``D = x − σ² ∇_x E`` (Tw
 work for learned energies (bound to their parameters with :func:`bind`) and for closed-form ones:
 both have the signature ``energy_fn(x, sigma) -> scalar`` that the samplers consume.
 
-Parameterisations of :class:`EnergyModel` (``y = c_in x``, ``h`` a backbone whose output is shaped
-like its input, e.g. the teacher's architecture):
+Parameterisations of :class:`EnergyModel`. Notation: ``y = c_in x``, ``h = h(y, c_noise[, label])``
+a backbone whose output is shaped like its input (e.g. the teacher's architecture), and the
+Gaussian base ``G = ‖x‖²/(2(σ²+σ_d²)) = ½‖y‖²``, the exact energy of ``N(0, σ_d² I)`` diffused
+to σ (up to the gauge constant).
 
 - ``'thornton'`` (default, Thornton et al. 2025):
-  ``E = ‖x‖²/(2(σ²+σ_d²)) − (σ_d/σ) ⟨h(y, c_noise), y⟩``, so that
-  ``D = c_skip x + c_out ∇_y⟨h(y), y⟩``: the EDM denoiser with the free output ``F`` replaced by a
-  conservative field. ``h`` can start from a teacher's weights (:func:`init_from_teacher`).
-- ``'autoencoder'`` (Du et al. 2023): ``E = ½ ‖y − h(y, c_noise)‖²``.
-- ``'norm'`` (Du et al. 2023): ``E = ‖x‖²/(2(σ²+σ_d²)) + (σ_d/σ) ½ ‖h(y, c_noise)‖²``.
+  ``E = G − (σ_d/σ) ⟨h, y⟩``, so that ``D = c_skip x + c_out ∇_y⟨h(y), y⟩``: the EDM denoiser
+  with the free output ``F`` replaced by a conservative field. ``h`` can start from a teacher's
+  weights (:func:`init_from_teacher`).
+- ``'autoencoder'`` (Du et al. 2023; Salimans & Ho 2021):
+  ``E = G + (σ_d/σ) (½‖y − h‖² − ½‖y‖²) = G + (σ_d/σ) (½‖h‖² − ⟨h, y⟩)``, so that
+  ``D = c_skip x + c_out ∇_y(⟨h, y⟩ − ½‖h‖²)``.
+- ``'norm'`` (Du et al. 2023): ``E = G + (σ_d/σ) ½‖h‖²``, so that ``D = c_skip x − c_out J_hᵀ h``.
 
-All three equal the exact energy of ``N(0, σ_d² I)`` diffused to σ (up to the gauge constant)
-when ``h ≡ 0``; the ``σ_d/σ`` factors give the network's contribution to ``D`` the EDM scale
-``c_out``. The baselines' Gaussian base term is our choice, so that every parameterisation starts
-from the same sensible model.
+**The σ scaling [choice].** ``∇_x = c_in ∇_y`` and ``σ² c_in (σ_d/σ) = c_out``: the factor
+``σ_d/σ`` on the network term is exactly what puts the network's contribution to ``D`` at the EDM
+output scale ``c_out`` in all three forms, so a unit-size ``h`` is a unit-size change of EDM's
+``F`` at every σ (the same optimiser settings work for all three, and the EDM loss weight
+``λ(σ) = 1/c_out²`` makes every σ contribute equally). Without it (the unscaled
+``½‖y − h‖²`` of Du et al.) the network enters ``D`` as ``σ² c_in = (σ/σ_d) c_out``: it vanishes
+at small σ, where the data's detail lives, and must shrink like ``1/σ`` at large σ. The Gaussian
+base ``G`` (already part of the autoencoder form, ``½‖y‖²``; added to the norm form) makes all
+three equal the diffused ``N(0, σ_d² I)`` when ``h ≡ 0``, the EDM ``c_skip`` behaviour.
 """
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -34,18 +43,26 @@ EnergyFn = Callable[[Array, Array], Array]
 PARAMETERIZATIONS = ("thornton", "autoencoder", "norm")
 
 
+def _call_backbone(backbone: nn.Module, y: Array, c_noise: Array, label: Optional[Array]):
+  return backbone(y, c_noise, label)
+
+
 class EnergyModel(nn.Module):
   """Scalar energy ``E(x, σ[, label])`` of one example ``x`` (any event shape).
 
   Attributes:
     backbone: the network ``h(y, c_noise, label) -> like y`` (a submodule: its parameters sit under
-      ``params['params']['backbone']``).
+      ``params['params']['backbone']``, whatever ``remat`` is).
     sigma_data: σ_d of the EDM preconditioning.
     parameterization: ``'thornton'`` | ``'autoencoder'`` | ``'norm'`` (see the module docstring).
+    remat: wrap the backbone call in ``jax.checkpoint`` (``nn.remat``): its activations are
+      recomputed in the backward pass instead of stored. Training through ``∇_x E`` is second-order
+      autodiff; on large backbones this trades ~one more forward pass for memory. Same values.
   """
   backbone: nn.Module
   sigma_data: float
   parameterization: str = "thornton"
+  remat: bool = False
 
   def setup(self):
     if self.parameterization not in PARAMETERIZATIONS:
@@ -53,68 +70,85 @@ class EnergyModel(nn.Module):
                        f"of {PARAMETERIZATIONS}.")
 
   def __call__(self, x: Array, sigma: Array, label: Optional[Array] = None) -> Array:
+    """``x``: one example, any event shape; ``sigma``: scalar; returns a scalar energy."""
     p = edm.preconditioning(sigma, self.sigma_data)
     y = p.c_in * x
-    h = self.backbone(y, p.c_noise, label)
-    gauss = 0.5 * jnp.sum(x**2) / (sigma**2 + self.sigma_data**2)
+    call = nn.remat(_call_backbone) if self.remat else _call_backbone
+    h = call(self.backbone, y, p.c_noise, label)
+    gauss = 0.5 * jnp.sum(y**2)                    # = ‖x‖² / (2(σ²+σ_d²))
+    scale = self.sigma_data / sigma                # puts h at the EDM output scale c_out.
     if self.parameterization == "thornton":
-      return gauss - (self.sigma_data / sigma) * jnp.sum(h * y)
+      return gauss - scale * jnp.sum(h * y)
     if self.parameterization == "autoencoder":
-      return 0.5 * jnp.sum((y - h)**2)
-    return gauss + (self.sigma_data / sigma) * 0.5 * jnp.sum(h**2)
+      return gauss + scale * (0.5 * jnp.sum(h**2) - jnp.sum(h * y))
+    return gauss + scale * 0.5 * jnp.sum(h**2)
 
 
-def energy(model: EnergyModel, params, x: Array, sigma: Array,
+def energy(model: EnergyModel, params: Any, x: Array, sigma: Array,
            label: Optional[Array] = None) -> Array:
-  """``E(x, σ[, label])`` for one example; a scalar."""
+  """``E(x, σ[, label])`` for one example ``x`` (event shape) and scalar σ; returns ``()``."""
   return model.apply(params, x, sigma, label)
 
 
-def energy_and_score(model: EnergyModel, params, x: Array, sigma: Array,
+def energy_and_score(model: EnergyModel, params: Any, x: Array, sigma: Array,
                      label: Optional[Array] = None):
   """``(E, −∇_x E)`` in one ``jax.value_and_grad`` pass; shapes ``()`` and like ``x``."""
   value, grad = jax.value_and_grad(energy, argnums=2)(model, params, x, sigma, label)
   return value, -grad
 
 
-def score(model: EnergyModel, params, x: Array, sigma: Array,
+def score(model: EnergyModel, params: Any, x: Array, sigma: Array,
           label: Optional[Array] = None) -> Array:
   """Score ``−∇_x E(x, σ)``, shaped like ``x``."""
   return -jax.grad(energy, argnums=2)(model, params, x, sigma, label)
 
 
-def denoiser(model: EnergyModel, params, x: Array, sigma: Array,
+def denoiser(model: EnergyModel, params: Any, x: Array, sigma: Array,
              label: Optional[Array] = None) -> Array:
   """Denoiser ``D = x − σ² ∇_x E``, shaped like ``x``."""
   return x + sigma**2 * score(model, params, x, sigma, label)
 
 
-def bind(model: EnergyModel, params, label: Optional[Array] = None) -> EnergyFn:
-  """``energy_fn(x, σ) -> scalar``: the learned energy with the analytic-energy signature."""
+def bind(model: EnergyModel, params: Any, label: Optional[Array] = None) -> EnergyFn:
+  """``energy_fn(x, σ) -> scalar``: the learned energy with the analytic-energy signature.
+
+  The result plugs in wherever a closed-form energy does (e.g. ``lambda x, s: gmm.energy(mix, x,
+  s)``): :func:`score_from_energy`, :func:`denoiser_from_energy`, the SMC targets.
+  """
   return lambda x, sigma: energy(model, params, x, sigma, label)
 
 
 def score_from_energy(energy_fn: EnergyFn) -> Callable[[Array, Array], Array]:
-  """``score_fn(x, σ) = −∇_x energy_fn(x, σ)`` for any energy callable."""
+  """``score_fn(x, σ) = −∇_x energy_fn(x, σ)`` for any per-example energy callable."""
   return lambda x, sigma: -jax.grad(energy_fn)(x, sigma)
 
 
 def denoiser_from_energy(energy_fn: EnergyFn) -> Callable[[Array, Array], Array]:
-  """``denoise_fn(x, σ) = x − σ² ∇_x energy_fn(x, σ)`` for any energy callable."""
+  """``denoise_fn(x, σ) = x − σ² ∇_x energy_fn(x, σ)`` for any per-example energy callable."""
   return lambda x, sigma: x - sigma**2 * jax.grad(energy_fn)(x, sigma)
 
 
-def init_from_teacher(energy_params, teacher_params):
+def init_from_teacher(energy_params: Any, teacher_params: Any) -> Any:
   """Energy parameters whose ``h`` holds the teacher's network weights.
 
   Args:
-    energy_params: initialised :class:`EnergyModel` parameters (``{'params': {'backbone': …}}``).
-    teacher_params: the teacher backbone's parameters (``{'params': …}``).
+    energy_params: initialised :class:`EnergyModel` parameters (``{'params': {'backbone': …}}``),
+      the template whose structure, shapes and dtypes the result keeps.
+    teacher_params: the teacher backbone's parameters (``{'params': …}``, as ``backbone.init``
+      returns them).
   Returns:
-    A copy of ``energy_params`` with the backbone replaced by the teacher's weights.
+    A copy of ``energy_params`` with the backbone replaced by the teacher's weights (cast to the
+    template's dtypes).
   Raises:
-    ValueError: naming every parameter whose path or shape differs (another architecture).
+    ValueError: if either tree is not of the expected form, or naming every parameter whose path
+      or shape differs (the teacher has another architecture).
   """
+  if "backbone" not in energy_params.get("params", {}):
+    raise ValueError("energy_params must be EnergyModel parameters {'params': {'backbone': …}}; "
+                     f"got top-level keys {sorted(energy_params)}.")
+  if "params" not in teacher_params:
+    raise ValueError("teacher_params must be the teacher backbone's variables {'params': …}; got "
+                     f"top-level keys {sorted(teacher_params)}.")
   student = energy_params["params"]["backbone"]
   teacher = teacher_params["params"]
   s_leaves = dict(jax.tree_util.tree_leaves_with_path(student))
@@ -125,10 +159,10 @@ def init_from_teacher(energy_params, teacher_params):
   problems += [f"{fmt(p)}: student {s_leaves[p].shape} vs teacher {t_leaves[p].shape}"
                for p in s_leaves if p in t_leaves and s_leaves[p].shape != t_leaves[p].shape]
   if problems:
-    shown = "; ".join(problems[:8]) + (" …" if len(problems) > 8 else "")
+    shown = "; ".join(problems[:8]) + (f" … ({len(problems)} in all)" if len(problems) > 8 else "")
     raise ValueError("The student's network cannot be initialised from the teacher's weights: "
                      f"the architectures differ ({shown}). Give the student the teacher's "
                      "config.model, or set teacher.init_student=False.")
-  params = dict(energy_params["params"])
-  params["backbone"] = jax.tree.map(lambda t, s: jnp.asarray(t, s.dtype), teacher, student)
-  return {**energy_params, "params": params}
+  backbone = jax.tree_util.tree_map_with_path(
+      lambda path, s: jnp.asarray(t_leaves[path], s.dtype), student)
+  return {**energy_params, "params": {**energy_params["params"], "backbone": backbone}}

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fkdiff.models.energy import denoiser_from_energy
+
 Array = jax.Array
 EnergyFn = Callable[[Array, Array], Array]
 
@@ -182,11 +184,7 @@ def bounded_hard(energy_fn: EnergyFn, lower, upper, sigma_on) -> EnergyFn:
 
 def tweedie_denoiser(energy_fn: EnergyFn) -> Callable[[Array, Array], Array]:
   """``D(x, σ) = x − σ² ∇_x E(x, σ)`` (the denoiser of an energy model, METHOD.md §2)."""
-  grad = jax.grad(energy_fn)
-
-  def denoise(x, sigma):
-    return x - sigma**2 * grad(x, sigma)
-  return denoise
+  return denoiser_from_energy(energy_fn)
 
 
 def reward_tilt(energy_fn: EnergyFn, reward_fn: Callable[[Array], Array], strength,

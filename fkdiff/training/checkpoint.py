@@ -47,8 +47,10 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w") as f:   # atomic: other processes may be reading the old one.
     f.write(config.to_json(indent=2))
+  os.replace(path + ".tmp", path)
 
 
 def _flat(d, prefix=""):

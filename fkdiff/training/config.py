@@ -22,6 +22,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.mixture_kwargs = ml_collections.ConfigDict()
   c.data.batch_size = 512     # global batch (split over devices).
   c.data.sigma_data = 0.0     # σ_d; 0 means "the data's RMS std" (toy) / 0.5 (images).
+  c.data.data_dir = ""        # images: tfds data_dir ("" = the tfds default).
+  c.data.image_dir = ""       # afhqv2_64 / ffhq64: folder with train/<class>/*.png.
+  c.data.random_flip = False  # images: horizontal flips with probability 1/2.
+  c.data.label_dropout = 0.0  # classifier-free dropout: P(label -> null token) per example.
+  c.data.attribute_dropout = 0.0   # multi-label: P(one attribute -> unspecified), independently.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"
@@ -29,6 +34,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.depth = 3
   c.model.emb_dim = 64
   c.model.num_classes = 0
+  # Per-backbone sections: only the section named model.name is passed (with the fields above;
+  # for the U-Net width = base channels, depth = residual blocks per level).
+  c.model.unet = ml_collections.ConfigDict()
+  c.model.unet.channel_mult = (1, 2, 2)
+  c.model.unet.attn_resolutions = (16,)
+  c.model.unet.num_heads = 1
+  c.model.unet.num_attributes = 0   # > 0: multi-label attribute conditioning (celeb_a: 40).
+  c.model.unet.remat_blocks = False # jax.checkpoint per block (memory for energy training).
 
   c.energy = ml_collections.ConfigDict()      # used by 'distill' and 'energy_dsm'.
   c.energy.parameterization = "thornton"      # 'thornton', 'autoencoder', 'norm'.

@@ -4,6 +4,7 @@ A :class:`Task` is everything :func:`fkdiff.training.train.train_and_evaluate` n
 about a model; the trainer itself is the same for teachers, distilled energies and baselines.
 """
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -34,6 +35,39 @@ class Task(NamedTuple):
   frozen: Any = None
 
 
+def num_attributes(config: ml_collections.ConfigDict) -> int:
+  """Attributes of a multi-label conditioned backbone (0 for class or no conditioning)."""
+  section = config.model.get(config.model.name)
+  return int(section.get("num_attributes", 0)) if section is not None else 0
+
+
+def drop_labels(batch: dict, key: Array, config: ml_collections.ConfigDict) -> dict:
+  """Classifier-free dropout: each label becomes the null token ∅ with ``data.label_dropout``.
+
+  Class labels ``(B,)`` become ``model.num_classes``; multi-label ``(B, A)`` become all
+  unspecified, and (``data.attribute_dropout``) single attributes become unspecified
+  independently, so the model also learns partial conditions (``E(x | one attribute)``).
+  """
+  if "label" not in batch or (config.data.label_dropout <= 0 and
+                              config.data.attribute_dropout <= 0):
+    return batch
+  label, k_all, k_one = batch["label"], *jax.random.split(key)
+  null = models.null_label(config.model.num_classes, num_attributes(config), label.shape[:1])
+  if label.ndim == 2:
+    one = jax.random.bernoulli(k_one, config.data.attribute_dropout, label.shape)
+    label = jnp.where(one, null, label)
+  drop = jax.random.bernoulli(k_all, config.data.label_dropout, label.shape[:1])
+  drop = drop.reshape(drop.shape + (1,) * (label.ndim - 1))
+  return {**batch, "label": jnp.where(drop, null, label)}
+
+
+def with_label_dropout(loss_fn: Callable, config: ml_collections.ConfigDict) -> Callable:
+  """``loss_fn(params, batch, key, frozen)`` on batches after :func:`drop_labels`."""
+  def loss(params, batch, key, frozen):
+    return loss_fn(params, drop_labels(batch, jax.random.fold_in(key, 2), config), key, frozen)
+  return loss
+
+
 def teacher_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
   """An EDM denoiser trained by denoising score matching (a 'teacher')."""
   backbone = models.get_backbone(config.model)
@@ -44,21 +78,17 @@ def teacher_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
 
   dsm = losses.make_dsm_loss(denoise, data.sigma_data, config.diffusion.p_mean,
                              config.diffusion.p_std)
-  return Task(init_params, lambda p, batch, key, frozen: dsm(p, batch, key),
+  return Task(init_params, with_label_dropout(lambda p, batch, key, frozen: dsm(p, batch, key),
+                                             config),
               lambda p, x, s: denoise(p, x, s))
 
 
 def _energy_model(config: ml_collections.ConfigDict, sigma_data: float):
   """The energy model of ``config`` and its per-example energy and denoiser functions."""
   model = models.EnergyModel(models.get_backbone(config.model), sigma_data,
-                             config.energy.parameterization)
-  energy_fn = lambda p, x, s, label=None: model.apply(p, x, s, label)
-  if config.energy.remat:   # recompute the backbone in the backward pass (double backprop).
-    energy_fn = jax.checkpoint(energy_fn)
-
-  def denoise(p, x, s, label=None):
-    return x - s**2 * jax.grad(energy_fn, argnums=1)(p, x, s, label)
-
+                             config.energy.parameterization, remat=config.energy.remat)
+  energy_fn = functools.partial(models.energy.energy, model)
+  denoise = functools.partial(models.energy.denoiser, model)
   return model, energy_fn, denoise
 
 
@@ -68,8 +98,16 @@ def energy_dsm_task(config: ml_collections.ConfigDict, data: DataSource) -> Task
   dsm = losses.make_dsm_loss(denoise, data.sigma_data, config.diffusion.p_mean,
                              config.diffusion.p_std)
   return Task(lambda key: model.init(key, jnp.zeros(data.event_shape), jnp.ones(())),
-              lambda p, batch, key, frozen: dsm(p, batch, key),
+              with_label_dropout(lambda p, batch, key, frozen: dsm(p, batch, key), config),
               lambda p, x, s: denoise(p, x, s), lambda p, x, s: energy_fn(p, x, s))
+
+
+def _sigma_data(data_config: ml_collections.ConfigDict) -> float:
+  """σ_d of a data config; image sets (σ_d = 0.5 unless set) are not loaded for it."""
+  from fkdiff.data.pipeline import make_data_source
+  if data_config.name != "toy2d":
+    return float(data_config.sigma_data) if data_config.sigma_data > 0 else 0.5
+  return make_data_source(data_config).sigma_data
 
 
 def load_teacher(config: ml_collections.ConfigDict):
@@ -80,19 +118,23 @@ def load_teacher(config: ml_collections.ConfigDict):
     ValueError: if the run there is not a teacher, or its architecture differs from the student's
       while ``teacher.init_student`` is on.
   """
-  from fkdiff.data.pipeline import make_data_source
   from fkdiff.training import checkpoint
   teacher_config, tree, _ = checkpoint.load_run(config.teacher.workdir)
   if teacher_config.task != "teacher":
     raise ValueError(f"{config.teacher.workdir} holds a {teacher_config.task!r} run, not a "
                      "teacher; point teacher.workdir at a run of task 'teacher'.")
-  if config.teacher.init_student and teacher_config.model.to_dict() != config.model.to_dict():
-    diffs = [f"model.{k}: teacher {teacher_config.model.get(k)!r}, student {v!r}"
-             for k, v in config.model.items() if teacher_config.model.get(k) != v]
+  same = (models.backbones.backbone_kwargs(teacher_config.model) ==
+          models.backbones.backbone_kwargs(config.model))   # tuples come back as JSON lists.
+  if config.teacher.init_student and not same:
+    (t_name, t_kw), (s_name, s_kw) = (models.backbones.backbone_kwargs(teacher_config.model),
+                                      models.backbones.backbone_kwargs(config.model))
+    diffs = [f"model.name: teacher {t_name!r}, student {s_name!r}"] if t_name != s_name else []
+    diffs += [f"model.{k}: teacher {t_kw.get(k)!r}, student {v!r}"
+              for k, v in s_kw.items() if t_kw.get(k) != v]
     raise ValueError("The student must have the teacher's architecture to start from its "
                      f"weights ({'; '.join(diffs)}). Copy the teacher's model settings or set "
                      "teacher.init_student=False.")
-  sigma_data = make_data_source(teacher_config.data).sigma_data
+  sigma_data = _sigma_data(teacher_config.data)
   denoise = models.make_denoiser(models.get_backbone(teacher_config.model), sigma_data)
   params = tree["ema_params" if config.teacher.use_ema else "params"]
   return teacher_config, params, denoise, sigma_data
@@ -127,7 +169,7 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
           lambda x, s, k: losses.asymmetry(teacher, x, s, k))(x_sigma, sigma, probes)
     return loss, aux
 
-  return Task(init_params, loss_fn, lambda p, x, s: denoise(p, x, s),
+  return Task(init_params, with_label_dropout(loss_fn, config), lambda p, x, s: denoise(p, x, s),
               lambda p, x, s: energy_fn(p, x, s), frozen=teacher_params)
 
 

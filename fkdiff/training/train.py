@@ -82,7 +82,11 @@ def _raise_if_not_finite(computed: dict, state: TrainState, step: int, last_good
 def _aux_keys(task: Task, data: DataSource, batch_size: int):
   """The per-example ``aux`` entries of the loss (besides ``sigma``), found by tracing."""
   params = jax.eval_shape(task.init_params, jax.random.key(0))
-  batch = jax.eval_shape(lambda k: data.sample(k, batch_size), jax.random.key(0))
+  if data.host_batch is not None:   # host-served data: the shapes of one (local) batch.
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch_size,) + a.shape[1:], a.dtype),
+                         data.host_batch(0, 0, batch_size))
+  else:
+    batch = jax.eval_shape(lambda k: data.sample(k, batch_size), jax.random.key(0))
   _, aux = jax.eval_shape(task.loss_fn, params, batch, jax.random.key(0), task.frozen)
   return [k for k, v in aux.items() if k != "sigma" and v.shape == (batch_size,)]
 
@@ -131,7 +135,17 @@ def make_trainer(config: ml_collections.ConfigDict, mesh=None) -> Trainer:
   make_batch = jax.jit(lambda step: data.sample(jax.random.fold_in(data_key, step),
                                                 config.data.batch_size),
                        out_shardings=sharded)
+  if data.host_batch is not None:   # images: NumPy batches, a pure function of (seed, step).
+    make_batch = functools.partial(_global_host_batch, data, config.seed, config.data.batch_size,
+                                   sharded)
   return Trainer(task, data, init_key, make_state, step_body, step_fn, make_batch, keys)
+
+
+def _global_host_batch(data: DataSource, seed: int, batch_size: int, sharding, step) -> dict:
+  """The global batch of ``step`` from every process's ``data.host_batch`` rows, on the mesh."""
+  local = data.host_batch(seed, int(step), batch_size)
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(
+      sharding, a, (batch_size,) + a.shape[1:]), local)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -206,13 +220,17 @@ def _sample(task: Task, data: DataSource, params, config, num: int, key) -> jax.
 
 def _save_samples(task, data, params, config, workdir, step, samples=None):
   from fkdiff.evaluation import plots
-  if jax.process_index() != 0:
-    return
-  if samples is None:
+  if samples is None:   # on every process: the sampler is one program over the global mesh.
     samples = _sample(task, data, params, config, min(config.eval.num_samples, 2048),
                       jax.random.key(step))
+  if jax.process_index() != 0:
+    return
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+  if len(data.event_shape) == 3:   # images (H, W, C): a grid.
+    from fkdiff.data import images
+    images.save_image_grid(samples[:64], path)
+    return
   plots.samples_figure(samples, data.mixture, path, title=f"{config.task} samples, step {step}")
 
 

@@ -1,0 +1,75 @@
+"""Shared pieces of the image configs (loaded by path from the other config files).
+
+``image_config(dataset, task, smoke)`` returns a complete training config; the per-dataset files
+(``digits_teacher.py``, ``cifar10.py``, ``celeba64.py``, ``afhqv2_64.py``, ``ffhq64.py``) set the
+paper-scale sizes and document launch commands, time and expected metrics.
+"""
+
+import importlib.util
+import os
+
+from fkdiff.training.config import default_config
+
+
+def load_sibling(filename: str):
+  """Imports another file of ``configs/`` by path (config files are not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
+  spec = importlib.util.spec_from_file_location(filename[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def base_config(data_name: str):
+  """Defaults for every image run: U-Net, σ_d = 0.5, image sample grids, no toy metrics."""
+  config = default_config()
+  config.data.name = data_name
+  config.data.sigma_data = 0.5
+  config.model.name = "unet"
+  config.training.sigma_bins = (0.1, 1.0, 10.0)
+  config.eval.sample_steps = 32
+  return config
+
+
+def parse_variant(variant: str, tasks=("teacher", "distill")):
+  """``'teacher'``, ``'distill'``, ``'teacher,smoke'`` … → ``(task, smoke)``."""
+  parts = [p for p in variant.split(",") if p]
+  smoke = "smoke" in parts
+  rest = [p for p in parts if p != "smoke"]
+  if len(rest) != 1 or rest[0] not in tasks:
+    raise ValueError(f"Unknown variant {variant!r}; use one of {list(tasks)}, optionally "
+                     "followed by ',smoke'.")
+  return rest[0], smoke
+
+
+def as_distill(config, learning_rate: float, num_steps: int):
+  """The distillation config of a teacher config: same data and architecture, remat on."""
+  config.task = "distill"
+  config.energy.remat = True
+  config.model.unet.remat_blocks = True   # parameter tree unchanged: the teacher's weights fit.
+  config.optim.learning_rate = learning_rate
+  config.training.num_steps = num_steps
+  config.optim.warmup_steps = 1000
+  config.teacher.workdir = ""   # required: --config.teacher.workdir=<teacher run>
+  config.teacher.log_asymmetry = False   # an extra jvp+vjp per example; enable to inspect.
+  return config
+
+
+def shrink_for_smoke(config):
+  """Seconds on a CPU: a tiny U-Net, a batch of 8, two steps, four samples (quality meaningless)."""
+  config.model.width = 8
+  config.model.depth = 1
+  config.model.emb_dim = 16
+  config.model.unet.channel_mult = (1,)     # one level: the cheapest compile.
+  config.model.unet.attn_resolutions = ()
+  config.model.unet.num_heads = 1
+  config.model.unet.remat_blocks = False
+  config.data.batch_size = 8
+  config.optim.warmup_steps = 1
+  config.training.num_steps = 2
+  config.training.log_every = 1
+  config.training.checkpoint_every = 2
+  config.training.sample_every = 0
+  config.eval.num_samples = 4
+  config.eval.sample_steps = 4
+  return config
