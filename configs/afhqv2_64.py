@@ -16,9 +16,11 @@ attention at 16×16 (EDM uses dropout 0.25 here; ours has none yet: expect overf
 images).
 Accelerators: the global batch is split over all devices (data-parallel mesh; several hosts with
 ``--distributed``, docs/multihost.md). Batch 256: one 8-GPU node; EDM trains 200M images (780k
-steps). Distillation is second-order autodiff through the
-U-Net, with ``jax.checkpoint`` per block and around the backbone (``model.unet.remat_blocks``,
-``energy.remat``): expect ≈ 3–4× the teacher's step time (to be measured).
+steps).
+Distillation is second-order autodiff through the U-Net. Measured on one H200 (cifar10, batch
+128, float32, benchmarks/RESULTS.md): a distillation step costs 2.2× a teacher step (27 GiB); with
+``jax.checkpoint`` (``energy.remat`` and ``model.unet.remat_blocks``, off by default) 4.4× for
+21.6 GiB — turn it on only where memory is short.
 Expected: EDM's unconditional AFHQv2-64 FID is 1.96 (79-step Heun) for a full run; not
 measured here.
 """

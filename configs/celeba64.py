@@ -17,9 +17,11 @@ attention at 16×16 (as EDM's FFHQ/AFHQv2 64×64), attribute embedding.
 Accelerators: the global batch is split over all devices (data-parallel mesh; several hosts with
 ``--distributed``, docs/multihost.md). Batch 256: one 8-GPU node; 200M images would be 780k steps,
 the
-config trains 400k. Distillation is second-order autodiff through the
-U-Net, with ``jax.checkpoint`` per block and around the backbone (``model.unet.remat_blocks``,
-``energy.remat``): expect ≈ 3–4× the teacher's step time (to be measured).
+config trains 400k.
+Distillation is second-order autodiff through the U-Net. Measured on one H200 (cifar10, batch
+128, float32, benchmarks/RESULTS.md): a distillation step costs 2.2× a teacher step (27 GiB); with
+``jax.checkpoint`` (``energy.remat`` and ``model.unet.remat_blocks``, off by default) 4.4× for
+21.6 GiB — turn it on only where memory is short.
 Expected: no reference FID in EDM for CelebA 64; unconditional FID on the order of 2–3
 for a full run is our expectation, not a measurement.
 """

@@ -33,7 +33,5 @@ def get_config(variant: str = ""):
   smoke = variant == "smoke"
   config = _load("image_common.py").as_distill(config, learning_rate=2e-4,
                                                num_steps=2 if smoke else 3000)
-  if smoke:
-    config.model.unet.remat_blocks = False
   config.optim.warmup_steps = 1 if smoke else 100
   return config

@@ -43,10 +43,13 @@ def parse_variant(variant: str, tasks=("teacher", "distill")):
 
 
 def as_distill(config, learning_rate: float, num_steps: int):
-  """The distillation config of a teacher config: same data and architecture, remat on."""
+  """The distillation config of a teacher config: same data and architecture.
+
+  Rematerialisation stays off: on an H200 (cifar10) it cut a step's memory only from 27 to
+  21.6 GiB for twice the step time. ``energy.remat`` / ``model.unet.remat_blocks`` switch it on
+  (the parameter tree is unchanged: the teacher's weights still fit).
+  """
   config.task = "distill"
-  config.energy.remat = True
-  config.model.unet.remat_blocks = True   # parameter tree unchanged: the teacher's weights fit.
   config.optim.learning_rate = learning_rate
   config.training.num_steps = num_steps
   config.optim.warmup_steps = 1000

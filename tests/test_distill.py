@@ -209,3 +209,16 @@ def test_distill_config_errors_name_the_problem(tmp_path):
   c.model.width = 48
   with pytest.raises(ValueError, match="teacher's architecture.*model.width: teacher 32, student 48"):
     train_and_evaluate(c, str(tmp_path / "student2"))
+
+
+def test_remat_blocks_is_not_an_architecture_change():
+  """Regression: distill configs turn on ``model.unet.remat_blocks`` (same parameters); a teacher
+  trained without it must still initialise the student."""
+  from fkdiff.training.tasks import _architecture
+  teacher, student = tiny_teacher_config(), tiny_teacher_config()
+  for c in (teacher, student):
+    c.model.name = "unet"
+  student.model.unet.remat_blocks = True
+  assert _architecture(teacher.model) == _architecture(student.model)
+  student.model.unet.channel_mult = (1, 2, 2, 2)
+  assert _architecture(teacher.model) != _architecture(student.model)

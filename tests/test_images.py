@@ -177,21 +177,6 @@ def test_image_teacher_configs_train_one_step(filename, data, tmp_path):
     assert "label" not in batch
 
 
-@pytest.mark.slow
-def test_digits_teacher_then_distill_smoke(digits_dir, tmp_path):
-  """The digits teacher through ``train_and_evaluate`` (two steps, samples), then one step of
-  the distillation config from its checkpoint (second-order autodiff through the U-Net)."""
-  from fkdiff.training import train_and_evaluate
-  teacher = _config("digits_teacher.py", "smoke")
-  teacher.data.data_dir = digits_dir
-  assert train_and_evaluate(teacher, str(tmp_path / "teacher"))["step"] == 2
-  assert (tmp_path / "teacher" / "samples" / "step_0000002.png").exists()
-  student = _config("digits_distill.py", "smoke")
-  student.data.data_dir = digits_dir
-  student.teacher.workdir = str(tmp_path / "teacher")
-  _one_step(student)
-
-
 # ----------------------------------------------------------------------------------------------
 # Conditional energies and their compositions.
 

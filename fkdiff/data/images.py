@@ -9,7 +9,9 @@ uninterrupted one would have seen. Images are scaled to ``[-1, 1]`` (σ_d = 0.5)
 
 Sources (``data.name``):
 - ``digits``: scikit-learn's bundled 8×8 digits (1,797 images, 10 classes) as the custom tfds
-  builder :class:`SklearnDigits` — prepared automatically, offline, on first use.
+  builder :class:`SklearnDigits` — prepared automatically, offline, on first use. With
+  ``data.label = 'heavy_stroke'`` the label is instead a binary attribute computed from the
+  images: stroke mass (mean ink) above the train split's median (:func:`heavy_stroke`).
 - ``cifar10``: 32×32×3, 10 classes, horizontal flips.
 - ``celeb_a``: 218×178 faces centre-cropped to 140×140 and resized to 64×64 (area), the 40
   binary attributes as a multi-label ``(40,)`` label (:data:`CELEBA_ATTRIBUTES` order), flips.
@@ -93,6 +95,31 @@ def _digits_builder_cls():
         yield i, {"image": images[i], "label": int(digits.target[i])}
 
   return SklearnDigits
+
+
+DIGITS_LABELS = ("class", "heavy_stroke")
+
+
+def stroke_mass(images) -> np.ndarray:
+  """Mean ink of each image, in ``[0, 1]``: ``images`` uint8 ``(N, H, W, C)`` in [0, 255], or
+  float in ``[-1, 1]`` (model range); ``(N,)``."""
+  x = np.asarray(images)
+  x = x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else (x.astype(np.float64) + 1) / 2
+  return np.clip(x, 0, 1).reshape(x.shape[0], -1).mean(-1)
+
+
+@functools.cache
+def heavy_stroke_threshold(data_dir: Optional[str] = None) -> float:
+  """The median :func:`stroke_mass` of the digits' whole train split (about half the train
+  images lie above it)."""
+  builder = digits_builder(data_dir)
+  arrays = _to_numpy(builder.as_dataset(split="train", shuffle_files=False), _image_label)
+  return float(np.median(stroke_mass(arrays["image"])))
+
+
+def heavy_stroke(images, threshold: float) -> np.ndarray:
+  """The digits' second attribute: 1 where :func:`stroke_mass` exceeds ``threshold``; int32."""
+  return (stroke_mass(images) > threshold).astype(np.int32)
 
 
 def digits_builder(data_dir: Optional[str] = None):
@@ -188,10 +215,17 @@ def load_arrays(data: ml_collections.ConfigDict, split: str = "train") -> dict:
   """This process's share of ``split`` of ``data.name`` as ``{'image': uint8 (N,H,W,C),
   'label': int32 (N,) | (N, A)}`` (no label for unconditional folders)."""
   name = data.name
+  if data.get("label", "class") not in DIGITS_LABELS or (data.get("label", "class") != "class"
+                                                          and name != "digits"):
+    raise ValueError(f"data.label={data.label!r} is not available for {name!r}; 'class' is the "
+                     f"dataset's own label, and the digits also have {DIGITS_LABELS[1:]}.")
   if name == "digits":
     builder = digits_builder(data.data_dir)
-    return _to_numpy(builder.as_dataset(split=process_split(split), shuffle_files=False),
-                     _image_label)
+    arrays = _to_numpy(builder.as_dataset(split=process_split(split), shuffle_files=False),
+                       _image_label)
+    if data.get("label", "class") == "heavy_stroke":
+      arrays["label"] = heavy_stroke(arrays["image"], heavy_stroke_threshold(data.data_dir))
+    return arrays
   if name == "cifar10":
     return _load_tfds("cifar10", split, data.data_dir, _image_label)
   if name == "celeb_a":

@@ -16,7 +16,6 @@ TensorBoard scalars.
 """
 
 import functools
-import json
 import os
 from typing import Callable, Dict, NamedTuple
 
@@ -24,13 +23,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
 from fkdiff import models
 from fkdiff.data import gmm as gmm_lib
 from fkdiff.data import toy
 from fkdiff.diffusion import edm
 from fkdiff.evaluation import distances, grid as grid_lib, plots
+from fkdiff.experiments import common
 from fkdiff.sampling import mcmc, reverse, smc, targets
 from fkdiff.sampling.baselines import naive_reverse_sample
 from fkdiff.training import checkpoint
@@ -119,24 +118,6 @@ def _stage_config(base: ml_collections.ConfigDict, task: str, dataset, teacher_w
   return c
 
 
-def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Trains ``config`` in ``workdir`` unless a checkpoint of its final step is already there."""
-  from fkdiff.training import train_and_evaluate
-  if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
-    checkpoint.check_compatible(workdir, config)
-    try:
-      _, _, step = checkpoint.load_run(workdir)
-    except checkpoint.CheckpointError:
-      step = None
-    if step == config.training.num_steps:
-      msg = f"Stage {name}: finished at step {step} in {workdir}; reusing its checkpoint."
-      logging.info(msg)
-      print(msg, flush=True)
-      return
-  print(f"Stage {name}: training in {workdir} ...", flush=True)
-  train_and_evaluate(config, workdir)
-
-
 def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, str]:
   """Runs (or reuses) teacher and distillation stages; returns ``{model name: energy workdir}``."""
   out = {}
@@ -144,8 +125,9 @@ def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, s
     dataset = config.datasets[name]
     t_dir = os.path.join(workdir, "teachers", name)
     e_dir = os.path.join(workdir, "energies", name)
-    run_stage(f"teacher/{name}", _stage_config(config.teacher, "teacher", dataset), t_dir)
-    run_stage(f"energy/{name}", _stage_config(config.distill, "distill", dataset, t_dir), e_dir)
+    common.run_stage(f"teacher/{name}", _stage_config(config.teacher, "teacher", dataset), t_dir)
+    common.run_stage(f"energy/{name}",
+                     _stage_config(config.distill, "distill", dataset, t_dir), e_dir)
     out[name] = e_dir
   return out
 
@@ -355,12 +337,8 @@ def format_table(results: dict) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole job; returns (and writes to ``workdir/results.json``) the results table."""
-  from clu import metric_writers
   validate_job_config(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+  workdir = common.start_job(config, workdir)
   mixtures = {}
   for name in _needed_models(config):
     ds = config.datasets[name]
@@ -370,16 +348,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if "learned" in config.energies:
     learned = load_learned(train_models(config, workdir))
   results = run_tasks(config, workdir, learned, mixtures)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  writer = metric_writers.create_default_writer(os.path.join(workdir, "sampling"),
-                                                just_logging=jax.process_index() > 0)
-  writer.write_scalars(0, {f"{task}/{name}/{metric}": value
-                           for task, rows in results.items() for name, row in rows.items()
-                           if isinstance(row, dict) for metric, value in row.items()})
-  writer.flush()
-  table = format_table(results)
-  print(table, flush=True)
-  with open(os.path.join(workdir, "results.txt"), "w") as f:
-    f.write(table + "\n")
+  common.write_results(workdir, results, format_table(results))
   return results

@@ -24,6 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.sigma_data = 0.0     # σ_d; 0 means "the data's RMS std" (toy) / 0.5 (images).
   c.data.data_dir = ""        # images: tfds data_dir ("" = the tfds default).
   c.data.image_dir = ""       # afhqv2_64 / ffhq64: folder with train/<class>/*.png.
+  c.data.label = "class"      # digits: 'class' or 'heavy_stroke' (ink above the median).
   c.data.random_flip = False  # images: horizontal flips with probability 1/2.
   c.data.label_dropout = 0.0  # classifier-free dropout: P(label -> null token) per example.
   c.data.attribute_dropout = 0.0   # multi-label: P(one attribute -> unspecified), independently.

@@ -110,6 +110,17 @@ def _sigma_data(data_config: ml_collections.ConfigDict) -> float:
   return make_data_source(data_config).sigma_data
 
 
+# Backbone settings that change how a network is computed, not its parameters.
+_COMPUTE_ONLY = ("remat_blocks",)
+
+
+def _architecture(model_config: ml_collections.ConfigDict):
+  """``(name, kwargs)`` of a backbone without the compute-only settings: equal results mean the
+  parameters of one fit the other."""
+  name, kwargs = models.backbones.backbone_kwargs(model_config)  # tuples, as from JSON lists.
+  return name, {k: v for k, v in kwargs.items() if k not in _COMPUTE_ONLY}
+
+
 def load_teacher(config: ml_collections.ConfigDict):
   """The frozen teacher of a distillation config: ``(teacher_config, params, denoise_fn)``.
 
@@ -123,11 +134,9 @@ def load_teacher(config: ml_collections.ConfigDict):
   if teacher_config.task != "teacher":
     raise ValueError(f"{config.teacher.workdir} holds a {teacher_config.task!r} run, not a "
                      "teacher; point teacher.workdir at a run of task 'teacher'.")
-  same = (models.backbones.backbone_kwargs(teacher_config.model) ==
-          models.backbones.backbone_kwargs(config.model))   # tuples come back as JSON lists.
-  if config.teacher.init_student and not same:
-    (t_name, t_kw), (s_name, s_kw) = (models.backbones.backbone_kwargs(teacher_config.model),
-                                      models.backbones.backbone_kwargs(config.model))
+  (t_name, t_kw), (s_name, s_kw) = (_architecture(teacher_config.model),
+                                    _architecture(config.model))
+  if config.teacher.init_student and (t_name, t_kw) != (s_name, s_kw):
     diffs = [f"model.name: teacher {t_name!r}, student {s_name!r}"] if t_name != s_name else []
     diffs += [f"model.{k}: teacher {t_kw.get(k)!r}, student {v!r}"
               for k, v in s_kw.items() if t_kw.get(k) != v]

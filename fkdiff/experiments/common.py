@@ -1,0 +1,66 @@
+"""Pieces shared by the end-to-end jobs: reusable training stages and result outputs."""
+
+import json
+import os
+
+import jax
+import ml_collections
+from absl import logging
+
+from fkdiff.training import checkpoint
+
+
+def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Trains ``config`` in ``workdir`` unless a checkpoint of its final step is already there.
+
+  An unfinished stage resumes from its last checkpoint (``train_and_evaluate``); a workdir whose
+  run has a different architecture raises (``checkpoint.check_compatible``).
+  """
+  from fkdiff.training import train_and_evaluate
+  if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    checkpoint.check_compatible(workdir, config)
+    try:
+      _, _, step = checkpoint.load_run(workdir)
+    except checkpoint.CheckpointError:
+      step = None
+    if step == config.training.num_steps:
+      msg = f"Stage {name}: finished at step {step} in {workdir}; reusing its checkpoint."
+      logging.info(msg)
+      print(msg, flush=True)
+      return
+  print(f"Stage {name}: training in {workdir} ...", flush=True)
+  train_and_evaluate(config, workdir)
+
+
+def start_job(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Creates ``workdir`` (made absolute) and writes the resolved ``config.json``; returns it."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+  return workdir
+
+
+def write_results(workdir: str, results: dict, table: str) -> None:
+  """``results.json``, ``results.txt`` (the printed table) and TensorBoard scalars of every
+  numeric leaf of ``results`` (tag = its path joined by ``/``)."""
+  from clu import metric_writers
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  scalars = {}
+
+  def collect(prefix, node):
+    if isinstance(node, dict):
+      for k, v in node.items():
+        collect(f"{prefix}/{k}" if prefix else str(k), v)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+      scalars[prefix] = float(node)
+
+  collect("", results)
+  writer = metric_writers.create_default_writer(os.path.join(workdir, "sampling"),
+                                                just_logging=jax.process_index() > 0)
+  writer.write_scalars(0, scalars)
+  writer.flush()
+  print(table, flush=True)
+  with open(os.path.join(workdir, "results.txt"), "w") as f:
+    f.write(table + "\n")

@@ -1,0 +1,337 @@
+"""Digits end to end on a CPU: conditional low temperature and AND with distilled energies.
+
+Stages (each reused when finished; an interrupted one resumes from its checkpoint):
+  1. two class-conditional teachers on scikit-learn's 8×8 digits (classifier-free label dropout):
+     ``class`` (the digit, 10 classes) and ``stroke`` (the binary attribute "heavy stroke": mean
+     ink above the train median), in ``<workdir>/teachers/<name>``;
+  2. an energy distilled from each, ``<workdir>/energies/<name>``: one network gives
+     ``E(x, σ | c)`` and ``E(x, σ | ∅)``;
+  3. a small CNN classifier of the digits (``<workdir>/classifier``), the judge of adherence and
+     the feature space of a Fréchet distance (the digits' stand-in for Inception / FID);
+  4. sampling, one batch per condition (vmapped over conditions), every method on the same energy:
+     - ``low_temperature``: ``∝ p(x | c)^β`` for every class c and β in ``betas``, by ``smc``
+       (Feynman–Kac SMC on ``β E(x, σ | c)``), ``naive`` (reverse diffusion on the β-scaled
+       score) and ``cfg`` (classifier-free guidance with weight β, ``∝ p(x) (p(x|c)/p(x))^β``,
+       the usual way to buy adherence);
+     - ``and``: digit c AND heavy stroke, ``∝ p(x|c) p(x|heavy) / p(x)``
+       (``U = E_class(x|c) + E_stroke(x|heavy) − E_stroke(x|∅)``), by ``smc`` and ``naive``
+       (the CFG-style score sum).
+Metrics: ``adherence`` (classifier accuracy on the requested class), ``heavy`` and ``both``
+(fractions with the heavy-stroke attribute, computed exactly from the pixels, and with both),
+``diversity`` (mean pairwise distance of classifier features within a condition), ``unique``
+(fraction of distinct samples: SMC's final resampling duplicates particles), ``frechet`` (Fréchet
+distance in classifier-feature space to the real train images of the same conditions), and SMC's
+minimum ESS fraction. Outputs: ``results.json``, ``results.txt``, sample grids ``*.png`` (one row
+per condition), TensorBoard scalars.
+"""
+
+import functools
+import os
+from typing import Callable, Dict, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fkdiff import models
+from fkdiff.data import images
+from fkdiff.diffusion import edm
+from fkdiff.evaluation import classifier as classifier_lib
+from fkdiff.evaluation import frechet
+from fkdiff.experiments import common
+from fkdiff.sampling import reverse, smc, targets
+from fkdiff.sampling.baselines import naive_reverse_sample
+from fkdiff.training import checkpoint
+from fkdiff.training.config import default_config, validate_config
+
+TASKS = ("low_temperature", "and")
+LOW_TEMPERATURE_METHODS = ("smc", "naive", "cfg")
+AND_METHODS = ("smc", "naive")
+MODELS = {"class": ("class", 10), "stroke": ("heavy_stroke", 2)}   # name -> (data.label, classes)
+HEAVY = 1
+
+
+def job_config() -> ml_collections.ConfigDict:
+  """Every key the digits job understands (see ``configs/digits.py``)."""
+  c = ml_collections.ConfigDict()
+  c.job = "digits"
+  c.seed = 0
+  c.data_dir = ""                 # tfds data_dir of the digits builder ("" = tfds default).
+  c.tasks = TASKS
+  c.teacher = default_config()    # training settings shared by both teachers ...
+  c.distill = default_config()    # ... and by both distillations.
+  c.low_temperature = ml_collections.ConfigDict()
+  c.low_temperature.classes = tuple(range(10))
+  c.low_temperature.betas = (1.0, 2.0, 4.0)
+  c.low_temperature.methods = LOW_TEMPERATURE_METHODS
+  c.conjunction = ml_collections.ConfigDict()
+  c.conjunction.classes = tuple(range(10))
+  c.conjunction.methods = AND_METHODS
+  c.sampler = ml_collections.ConfigDict()
+  c.sampler.num_samples = 64      # particles (= samples) per condition.
+  c.sampler.num_steps = 64
+  c.sampler.sigma_min = 0.002
+  c.sampler.sigma_max = 80.0
+  c.sampler.rho = 7.0
+  c.sampler.ess_threshold = 0.5
+  c.sampler.rejuvenation = ""     # '', 'mala' or 'hmc' after each resampling.
+  c.sampler.rejuvenation_steps = 1
+  c.classifier = ml_collections.ConfigDict()
+  c.classifier.num_steps = 1500
+  c.eval = ml_collections.ConfigDict()
+  c.eval.grid_samples = 8         # samples per condition (row) in the PNG grids.
+  return c
+
+
+def validate_job_config(config: ml_collections.ConfigDict) -> None:
+  """Unknown keys, tasks, methods or classes: a ``ValueError`` naming them."""
+  reference = job_config()
+  for key in config.keys():
+    if key not in reference:
+      raise ValueError(f"Unknown config key '{key}' for the digits job; valid: "
+                       f"{sorted(reference)}.")
+  for section in ("low_temperature", "conjunction", "sampler", "classifier", "eval"):
+    for key in config[section].keys():
+      if key not in reference[section]:
+        raise ValueError(f"Unknown config key '{section}.{key}'; valid: "
+                         f"{sorted(reference[section])}.")
+  validate_config(config.teacher)
+  validate_config(config.distill)
+  for kind, names, valid in (("task", config.tasks, TASKS),
+                             ("low_temperature method", config.low_temperature.methods,
+                              LOW_TEMPERATURE_METHODS),
+                             ("conjunction method", config.conjunction.methods, AND_METHODS),
+                             ("class", tuple(config.low_temperature.classes) +
+                              tuple(config.conjunction.classes), tuple(range(10)))):
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+      raise ValueError(f"Unknown {kind} {unknown[0]!r} in the config; choose from {valid}.")
+  if any(b <= 0 for b in config.low_temperature.betas):
+    raise ValueError(f"low_temperature.betas must be > 0, got {config.low_temperature.betas}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages 1-3: teachers, energies, classifier.
+
+
+def stage_config(base: ml_collections.ConfigDict, task: str, model: str, data_dir: str,
+                 teacher_workdir: str = "") -> ml_collections.ConfigDict:
+  """The training config of one stage: ``base`` with the model's label and class count."""
+  c = ml_collections.ConfigDict(base.to_dict())
+  c.task = task
+  c.data.name = "digits"
+  c.data.data_dir = data_dir
+  c.data.label, c.model.num_classes = MODELS[model]
+  if task == "distill":
+    c.teacher.workdir = teacher_workdir
+  return c
+
+
+def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, str]:
+  """Runs (or reuses) both teachers and distillations; returns ``{model: energy workdir}``."""
+  out = {}
+  for name in MODELS:
+    t_dir = os.path.join(workdir, "teachers", name)
+    e_dir = os.path.join(workdir, "energies", name)
+    common.run_stage(f"teacher/{name}",
+                     stage_config(config.teacher, "teacher", name, config.data_dir), t_dir)
+    common.run_stage(f"energy/{name}", stage_config(config.distill, "distill", name,
+                                                    config.data_dir, t_dir), e_dir)
+    out[name] = e_dir
+  return out
+
+
+class ConditionalEnergy(NamedTuple):
+  """``fn(params, x, σ, label) -> scalar`` with its (EMA) parameters and null label ∅."""
+  fn: Callable
+  params: object
+  null: int
+
+
+def load_energy(e_dir: str) -> ConditionalEnergy:
+  """The distilled conditional energy of a stage workdir."""
+  from fkdiff.training.tasks import load_teacher
+  config, tree, _ = checkpoint.load_run(e_dir)
+  *_, sigma_data = load_teacher(config)
+  model = models.EnergyModel(models.get_backbone(config.model), sigma_data,
+                             config.energy.parameterization)
+  return ConditionalEnergy(functools.partial(models.energy.energy, model), tree["ema_params"],
+                           config.model.num_classes)
+
+
+def digits_arrays(data_dir: str, split: str) -> dict:
+  """``{'x': float (N, 8, 8, 1) in [-1, 1], 'label': (N,)}`` of a digits split."""
+  data = default_config().data
+  data.name, data.data_dir = "digits", data_dir
+  arrays = images.load_arrays(data, split)
+  return {"x": images.to_model_range(arrays["image"]), "label": arrays["label"]}
+
+
+def get_classifier(config, workdir: str, train: dict, test: dict) -> classifier_lib.ClassifierRun:
+  """Trains the judge classifier once (saved to ``<workdir>/classifier``), else loads it."""
+  path = os.path.join(workdir, "classifier")
+  if os.path.isdir(path):
+    return classifier_lib.load(path, train["x"])
+  print("Stage classifier: training ...", flush=True)
+  run = classifier_lib.train_classifier(jax.random.key(config.seed + 7), train, test,
+                                        num_steps=config.classifier.num_steps)
+  classifier_lib.save(path, run)
+  return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 4: sampling.
+
+
+def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
+  """Per (task, method) potential ``U(params, cond, x, σ)``; ``cond = (class, β)``.
+
+  ``params`` is ``{model: parameters}`` (a jit argument); ``cond`` holds traced scalars.
+  """
+  cls, stroke = energies["class"], energies["stroke"]
+
+  def e(model, params, label):
+    return lambda x, s: model.fn(params, x, s, label)
+
+  def tempered(params, cond, x, s):
+    return targets.tempered(e(cls, params["class"], cond[0]), cond[1])(x, s)
+
+  def guided(params, cond, x, s):
+    return targets.conditional_and(e(cls, params["class"], cls.null),
+                                   [e(cls, params["class"], cond[0])],
+                                   jnp.reshape(cond[1], (1,)))(x, s)
+
+  def conjunction(params, cond, x, s):
+    return targets.product([e(cls, params["class"], cond[0]),
+                            e(stroke, params["stroke"], HEAVY),
+                            e(stroke, params["stroke"], stroke.null)], [1.0, 1.0, -1.0])(x, s)
+
+  return {("low_temperature", "smc"): tempered, ("low_temperature", "naive"): tempered,
+          ("low_temperature", "cfg"): guided, ("and", "smc"): conjunction,
+          ("and", "naive"): conjunction}
+
+
+def make_sampler(method: str, potential: Callable, config, event_shape, sigma_data: float):
+  """``sample(params, key, classes (C,), betas (C,)) -> (samples (C, N, *event), diagnostics)``,
+  jitted, one particle batch per condition (vmapped)."""
+  s = config.sampler
+  sigmas = edm.karras_sigmas(s.num_steps, s.sigma_min, s.sigma_max, s.rho)
+  n = s.num_samples
+
+  def one(params, key, cls, beta):
+    u = lambda x, sig: potential(params, (cls, beta), x, sig)
+    if method == "smc":
+      res = smc.smc_sample(key, u, sigmas, n, event_shape, sigma_data=sigma_data,
+                           ess_threshold=s.ess_threshold, final_resample=True,
+                           rejuvenation=s.rejuvenation or None,
+                           rejuvenation_steps=s.rejuvenation_steps)
+      return res.particles, {"ess_min_fraction": jnp.min(res.info.ess) / n,
+                             "weights_invalid": res.weights_invalid.astype(jnp.float32)}
+    k_init, k_run = jax.random.split(key)
+    x_init = reverse.prior_sample(k_init, n, event_shape, s.sigma_max, sigma_data)
+    return naive_reverse_sample(k_run, u, x_init, sigmas), {}
+
+  @jax.jit
+  def sample(params, key, classes, betas):
+    keys = jax.random.split(key, classes.shape[0])
+    return jax.vmap(one, in_axes=(None, 0, 0, 0))(params, keys, classes, betas)
+
+  return sample
+
+
+def _mean_pairwise_distance(features: np.ndarray) -> float:
+  """Mean Euclidean distance between distinct rows of ``features (N, D)``."""
+  d2 = np.sum((features[:, None] - features[None]) ** 2, -1)
+  n = features.shape[0]
+  return float(np.sum(np.sqrt(np.maximum(d2, 0))) / (n * (n - 1)))
+
+
+def score_samples(samples: np.ndarray, classes, judge: classifier_lib.ClassifierRun,
+                  reference: frechet.FeatureStats, threshold: float, heavy: bool) -> dict:
+  """Metrics of ``samples (C, N, H, W, 1)`` drawn for ``classes (C,)`` (see the module doc)."""
+  c, n = samples.shape[:2]
+  flat = samples.reshape(c * n, *samples.shape[2:])
+  finite = np.all(np.isfinite(flat.reshape(c * n, -1)), -1)
+  flat = np.clip(np.where(finite[:, None, None, None], flat, 0.0), -1, 1)   # as saved images.
+  logits, features = classifier_lib.logits_and_features(judge.model, judge.params, flat)
+  correct = np.argmax(logits, -1) == np.repeat(np.asarray(classes), n)
+  is_heavy = images.heavy_stroke(flat, threshold) == 1
+  per_cond = features.reshape(c, n, -1)
+  unique = [len(np.unique(np.round(s.reshape(n, -1), 5), axis=0)) / n for s in samples]
+  out = {"adherence": float(np.mean(correct)),
+         "diversity": float(np.mean([_mean_pairwise_distance(f) for f in per_cond])),
+         "unique": float(np.mean(unique)),
+         "frechet": frechet.frechet_distance(frechet.feature_stats(features), reference),
+         "num_nonfinite": int(np.sum(~finite))}
+  if heavy:
+    out["heavy"] = float(np.mean(is_heavy))
+    out["both"] = float(np.mean(correct & is_heavy))
+  return out
+
+
+def run_tasks(config, workdir: str, energies: Dict[str, ConditionalEnergy], judge, train) -> dict:
+  """Stage 4: every task × β × method; returns the nested results dict and writes grids."""
+  threshold = images.heavy_stroke_threshold(config.data_dir or None)
+  real_features = classifier_lib.logits_and_features(judge.model, judge.params, train["x"])[1]
+  real_heavy = images.heavy_stroke(train["x"], threshold) == 1
+  params = {name: e.params for name, e in energies.items()}
+  pots = potentials(energies)
+  event_shape = tuple(train["x"].shape[1:])
+  key = jax.random.key(config.seed)
+  results = {"classifier_test_accuracy": judge.test_accuracy, "heavy_threshold": threshold}
+  settings = []
+  if "low_temperature" in config.tasks:
+    classes = tuple(config.low_temperature.classes)
+    settings += [("low_temperature", m, b, classes) for b in config.low_temperature.betas
+                 for m in config.low_temperature.methods]
+  if "and" in config.tasks:
+    settings += [("and", m, 1.0, tuple(config.conjunction.classes))
+                 for m in config.conjunction.methods]
+  samplers = {}
+  for task, method, beta, classes in settings:
+    if (task, method) not in samplers:
+      samplers[task, method] = make_sampler(method, pots[task, method], config, event_shape,
+                                            images.IMAGE_SIGMA_DATA)
+    key, k_run = jax.random.split(key)
+    cls = jnp.asarray(classes, jnp.int32)
+    samples, diag = samplers[task, method](params, k_run, cls, jnp.full(cls.shape, beta))
+    samples = np.asarray(samples)
+    keep = np.isin(train["label"], classes) & (real_heavy if task == "and" else True)
+    reference = frechet.feature_stats(real_features[keep])
+    metrics = score_samples(samples, classes, judge, reference, threshold, heavy=task == "and")
+    metrics.update({k: float(np.mean(v)) for k, v in diag.items()})
+    name = f"beta{beta:g}" if task == "low_temperature" else "heavy"
+    results.setdefault(task, {}).setdefault(name, {})[method] = metrics
+    grid = samples[:, :config.eval.grid_samples]
+    images.save_image_grid(np.clip(grid.reshape(-1, *event_shape), -1, 1),
+                           os.path.join(workdir, f"{task}_{name}_{method}.png"),
+                           columns=grid.shape[1])
+  return results
+
+
+def format_table(results: dict) -> str:
+  """The results as a fixed-width table: one row per task × setting × method."""
+  cols = ("adherence", "both", "heavy", "diversity", "unique", "frechet", "ess_min_fraction")
+  lines = [f"classifier test accuracy {results['classifier_test_accuracy']:.3f}; heavy stroke: "
+           f"mean ink > {results['heavy_threshold']:.4f}",
+           f"{'task':16s} {'setting':8s} {'method':7s} " + " ".join(f"{c[:10]:>10s}" for c in cols)]
+  for task in TASKS:
+    for setting, rows in results.get(task, {}).items():
+      for method, m in rows.items():
+        vals = " ".join(f"{m[c]:10.4f}" if c in m else f"{'-':>10s}" for c in cols)
+        lines.append(f"{task:16s} {setting:8s} {method:7s} {vals}")
+  return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The whole job; returns (and writes to ``workdir/results.json``) the results."""
+  validate_job_config(config)
+  workdir = common.start_job(config, workdir)
+  energy_dirs = train_models(config, workdir)
+  energies = {name: load_energy(d) for name, d in energy_dirs.items()}
+  train, test = digits_arrays(config.data_dir, "train"), digits_arrays(config.data_dir, "test")
+  judge = get_classifier(config, workdir, train, test)
+  results = run_tasks(config, workdir, energies, judge, train)
+  common.write_results(workdir, results, format_table(results))
+  return results

@@ -1,0 +1,127 @@
+"""The digits job (configs/digits.py): end to end on :smoke, its pieces, and bad input."""
+
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from fkdiff.data import images
+from fkdiff.evaluation import frechet
+from fkdiff.experiments import digits
+
+
+def _config(variant=""):
+  spec = importlib.util.spec_from_file_location("digits_config",
+                                                os.path.join(ROOT, "configs/digits.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def test_frechet_distance_matches_the_closed_form_for_gaussians():
+  rng = np.random.default_rng(0)
+  # Exact statistics: d² = ‖μ_a − μ_b‖² + Σ (√λ_a − √λ_b)² for commuting (diagonal) covariances.
+  a = frechet.FeatureStats(np.array([0.0, 1.0, 2.0]), np.diag([1.0, 4.0, 9.0]), 10)
+  b = frechet.FeatureStats(np.array([1.0, 1.0, 0.0]), np.diag([4.0, 1.0, 9.0]), 10)
+  assert frechet.frechet_distance(a, b) == pytest.approx(1 + 4 + (1 + 1 + 0), rel=1e-9)
+  assert frechet.frechet_distance(b, a) == pytest.approx(frechet.frechet_distance(a, b))
+  # A rotated pair (non-commuting covariances) against tr sqrt(C_a C_b) from scipy's sqrtm.
+  from scipy import linalg
+  q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+  ca, cb = np.diag([1.0, 2.0, 3.0, 4.0]), q @ np.diag([0.5, 1.0, 2.0, 5.0]) @ q.T
+  expected = np.trace(ca) + np.trace(cb) - 2 * np.trace(linalg.sqrtm(ca @ cb)).real
+  got = frechet.frechet_distance(frechet.FeatureStats(np.zeros(4), ca, 2),
+                                 frechet.FeatureStats(np.zeros(4), cb, 2))
+  assert got == pytest.approx(expected, rel=1e-8)
+  # From samples: identical sets give 0; a shift by δ gives ‖δ‖².
+  f = rng.normal(size=(500, 3))
+  assert frechet.frechet_distance(frechet.feature_stats(f), frechet.feature_stats(f)) < 1e-8
+  shifted = frechet.feature_stats(f + np.array([0.3, 0.0, -0.4]))
+  assert frechet.frechet_distance(frechet.feature_stats(f), shifted) == pytest.approx(0.25, rel=1e-6)
+  with pytest.raises(ValueError, match="non-finite"):
+    frechet.feature_stats(np.array([[0.0, np.nan], [1.0, 2.0]]))
+
+
+def test_heavy_stroke_splits_the_train_digits_at_the_median(tmp_path):
+  config = _config("smoke")
+  data = config.teacher.data
+  data.data_dir, data.label = str(tmp_path), "heavy_stroke"
+  arrays = images.load_arrays(data)
+  threshold = images.heavy_stroke_threshold(str(tmp_path))
+  mass = images.stroke_mass(arrays["image"])
+  assert set(np.unique(arrays["label"])) == {0, 1}
+  np.testing.assert_array_equal(arrays["label"], (mass > threshold).astype(np.int32))
+  assert 0.45 < arrays["label"].mean() <= 0.5
+  # Model range [-1, 1] gives the same masses as uint8.
+  np.testing.assert_allclose(images.stroke_mass(images.to_model_range(arrays["image"])), mass,
+                             atol=1e-6)
+  data.name = "cifar10"
+  with pytest.raises(ValueError, match="heavy_stroke"):
+    images.load_arrays(data)
+
+
+def test_bad_names_are_rejected():
+  config = _config("smoke")
+  config.low_temperature.methods = ("smc", "langevin")
+  with pytest.raises(ValueError, match="Unknown low_temperature method 'langevin'"):
+    digits.validate_job_config(config)
+  config = _config("smoke")
+  config.conjunction.classes = (3, 12)
+  with pytest.raises(ValueError, match="Unknown class 12"):
+    digits.validate_job_config(config)
+  config = _config("smoke")
+  config.sampler.particles = 4
+  with pytest.raises(ValueError, match="Unknown config key 'sampler.particles'"):
+    digits.validate_job_config(config)
+  config = _config("smoke")
+  config.low_temperature.betas = (1.0, 0.0)
+  with pytest.raises(ValueError, match="betas must be > 0"):
+    digits.validate_job_config(config)
+
+
+@pytest.mark.slow
+def test_smoke_job_end_to_end_and_identities_on_the_learned_energy(tmp_path, capsys):
+  """Teachers → distilled energies → classifier → every task and method, then a relaunch that
+  reuses every stage; on the learned energy, AND(c, c) = guidance weight 2 and E_c + E_c = 2 E_c."""
+  config = _config("smoke")
+  config.data_dir = str(tmp_path / "tfds")
+  results = digits.run(config, str(tmp_path / "run"))
+  run = tmp_path / "run"
+  saved = json.loads((run / "results.json").read_text())
+  assert saved == results
+  assert results["classifier_test_accuracy"] > 0.8     # 100 steps already classify digits.
+  for beta in config.low_temperature.betas:
+    for method in config.low_temperature.methods:
+      row = results["low_temperature"][f"beta{beta:g}"][method]
+      assert {"adherence", "diversity", "unique", "frechet"} <= set(row), row
+      assert (run / f"low_temperature_beta{beta:g}_{method}.png").stat().st_size > 0
+  for method in config.conjunction.methods:
+    row = results["and"]["heavy"][method]
+    assert 0 <= row["both"] <= min(row["adherence"], row["heavy"]), row
+  assert 0 < results["low_temperature"]["beta1"]["smc"]["ess_min_fraction"] <= 1
+  assert (run / "teachers" / "class" / "samples").is_dir()
+  assert (run / "results.txt").read_text().startswith("classifier test accuracy")
+
+  energy = digits.load_energy(str(run / "energies" / "class"))
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
+  e = lambda label: jax.vmap(lambda a: energy.fn(energy.params, a, 0.5, label))(x)
+  pot = digits.potentials({"class": energy, "stroke": energy})
+  guided = jax.vmap(lambda a: pot["low_temperature", "cfg"](
+      {"class": energy.params, "stroke": energy.params}, (3, 2.0), a, 0.5))(x)
+  np.testing.assert_allclose(guided, e(energy.null) + 2 * (e(3) - e(energy.null)), rtol=1e-5,
+                             atol=1e-4)
+  tempered = jax.vmap(lambda a: pot["low_temperature", "smc"](
+      {"class": energy.params}, (3, 2.0), a, 0.5))(x)
+  np.testing.assert_allclose(tempered, e(3) + e(3), rtol=1e-5, atol=1e-4)
+  assert not np.allclose(e(3), e(energy.null))
+
+  capsys.readouterr()
+  config.tasks = ()
+  digits.run(config, str(run))
+  out = capsys.readouterr().out
+  assert out.count("reusing its checkpoint") == 4 and "training" not in out
