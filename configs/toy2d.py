@@ -12,7 +12,7 @@ Launch:
 
 Outputs in the workdir: results.json / results.txt (task × method × energy → metrics), product.png,
 low_temperature.png, ess.png, teachers/ and energies/ (stage runs, reused on relaunch), TensorBoard
-scalars. Expected time on 2 CPU cores: full ≈ 8 min, :smoke ≈ 2 min. Expected figures: see
+scalars. Expected time on 2 CPU cores: full ≈ 12 min, :smoke ≈ 3 min. Expected figures: see
 benchmarks/RESULTS.md (SMC's mode-mass error well below the naive sampler's on both tasks).
 """
 

@@ -211,9 +211,11 @@ def test_distill_config_errors_name_the_problem(tmp_path):
     train_and_evaluate(c, str(tmp_path / "student2"))
 
 
-def test_remat_blocks_is_not_an_architecture_change():
-  """Regression: distill configs turn on ``model.unet.remat_blocks`` (same parameters); a teacher
-  trained without it must still initialise the student."""
+def test_remat_blocks_is_not_an_architecture_change(tmp_path):
+  """Regression: remat (``model.unet.remat_blocks``, ``energy.remat``) keeps the parameters; a
+  teacher trained without it must still initialise the student, and a run may resume with it
+  switched."""
+  from fkdiff.training import checkpoint
   from fkdiff.training.tasks import _architecture
   teacher, student = tiny_teacher_config(), tiny_teacher_config()
   for c in (teacher, student):
@@ -222,3 +224,10 @@ def test_remat_blocks_is_not_an_architecture_change():
   assert _architecture(teacher.model) == _architecture(student.model)
   student.model.unet.channel_mult = (1, 2, 2, 2)
   assert _architecture(teacher.model) != _architecture(student.model)
+  checkpoint.write_config(str(tmp_path), teacher)
+  student.model.unet.channel_mult = teacher.model.unet.channel_mult
+  student.energy.remat = True
+  checkpoint.check_compatible(str(tmp_path), student)
+  student.model.width = 2 * teacher.model.width
+  with pytest.raises(checkpoint.CheckpointError, match="model.width"):
+    checkpoint.check_compatible(str(tmp_path), student)

@@ -62,21 +62,20 @@ def train_classifier(key: Array, train: dict, test: dict, num_classes: int = 10,
     logits, _ = model.apply(params, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
+  # One jitted step in a Python loop: XLA:CPU ran this network's convolutions ~30× slower
+  # inside a lax.scan (measured with jax 0.10.2).
   @jax.jit
-  def train_all(params, x_train, y_train):
-    def step(carry, key):
-      params, opt_state = carry
-      k_idx, k_noise = jax.random.split(key)
-      idx = jax.random.randint(k_idx, (batch_size,), 0, x_train.shape[0])
-      x = x_train[idx] + noise_std * jax.random.normal(k_noise, x_train[idx].shape)
-      grads = jax.grad(loss_fn)(params, x, y_train[idx])
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), None
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)),
-                                  jax.random.split(k_steps, num_steps))
-    return params
+  def step(params, opt_state, key, x_train, y_train):   # data as arguments, not constants.
+    k_idx, k_noise = jax.random.split(key)
+    idx = jax.random.randint(k_idx, (batch_size,), 0, x_train.shape[0])
+    x = x_train[idx] + noise_std * jax.random.normal(k_noise, x_train[idx].shape)
+    grads = jax.grad(loss_fn)(params, x, y_train[idx])
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
 
-  params = train_all(params, x_train, y_train)
+  opt_state = tx.init(params)
+  for key in jax.random.split(k_steps, num_steps):
+    params, opt_state = step(params, opt_state, key, x_train, y_train)
   accuracy = float(np.mean(predict(model, params, test["x"]) == np.asarray(test["label"])))
   return ClassifierRun(model, params, accuracy)
 

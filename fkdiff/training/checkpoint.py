@@ -16,6 +16,9 @@ import orbax.checkpoint as ocp
 CONFIG_FILE = "config.json"
 # Sections whose change makes an existing checkpoint incompatible with the run.
 _MODEL_KEYS = ("task", "model", "energy")
+# Rematerialisation changes how a step is computed, not the parameters: a run may resume with it
+# switched either way.
+_COMPUTE_ONLY_KEYS = ("model.unet.remat_blocks", "energy.remat")
 
 
 class CheckpointError(RuntimeError):
@@ -70,7 +73,7 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
   old = json.loads(saved.to_json())
   diffs = [f"{k}: {dict(_flat(old)).get(k)!r} in the workdir, {v!r} now"
            for key in _MODEL_KEYS for k, v in _flat({key: new.get(key)})
-           if dict(_flat(old)).get(k) != v]
+           if dict(_flat(old)).get(k) != v and k not in _COMPUTE_ONLY_KEYS]
   if diffs:
     raise CheckpointError(
         f"The workdir {workdir} holds a run of a different model ({'; '.join(diffs)}). "
