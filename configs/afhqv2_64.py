@@ -1,12 +1,14 @@
 """AFHQv2 64×64 (cat / dog / wild as classes): EDM teacher and distilled energy.
 
-Variants: ``teacher``, ``distill`` (each optionally ``,smoke``: a tiny U-Net, two steps on a CPU,
-used by the tests with ``tfds.testing.mock_data`` / a generated folder). Launch:
+Variants: ``teacher``, ``distill``, ``fid`` (each optionally ``,smoke``: a tiny U-Net, two steps on
+a CPU, used by the tests with ``tfds.testing.mock_data`` / a generated folder). Launch:
   python launch.py --config=configs/afhqv2_64.py:teacher --workdir=runs/afhqv2_64_teacher \\
       --config.data.image_dir=<afhqv2 dir>
   python launch.py --config=configs/afhqv2_64.py:distill --workdir=runs/afhqv2_64_energy \\
       --config.data.image_dir=<afhqv2 dir> \\
       --config.teacher.workdir=runs/afhqv2_64_teacher
+  python launch.py --config=configs/afhqv2_64.py:fid --workdir=runs/afhqv2_64_fid \\
+      --config.run_workdir=runs/afhqv2_64_energy --config.inception_weights=<fid_inception_v3.npz>
 Data: a folder ``<dir>/train/{cat,dog,wild}/*.png`` (AFHQv2 as distributed by StarGAN v2;
 resize to 64×64 first, e.g. EDM's ``dataset_tool.py``), read with tfds ImageFolder, flips, 3
 classes with label dropout 0.1.
@@ -40,6 +42,8 @@ def _common():
 def get_config(variant: str = "teacher"):
   common = _common()
   task, smoke = common.parse_variant(variant)
+  if task == "fid":
+    return common.fid_config(num_steps=40, smoke=smoke)
   config = common.base_config('afhqv2_64')
   config.task = "teacher"
   config.data.batch_size = 256

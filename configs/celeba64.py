@@ -1,10 +1,12 @@
 """CelebA 64×64 with its 40 attributes (multi-label): EDM teacher and distilled energy.
 
-Variants: ``teacher``, ``distill`` (each optionally ``,smoke``: a tiny U-Net, two steps on a CPU,
-used by the tests with ``tfds.testing.mock_data`` / a generated folder). Launch:
+Variants: ``teacher``, ``distill``, ``fid`` (each optionally ``,smoke``: a tiny U-Net, two steps on
+a CPU, used by the tests with ``tfds.testing.mock_data`` / a generated folder). Launch:
   python launch.py --config=configs/celeba64.py:teacher --workdir=runs/celeba64_teacher
   python launch.py --config=configs/celeba64.py:distill --workdir=runs/celeba64_energy \\
       --config.teacher.workdir=runs/celeba64_teacher
+  python launch.py --config=configs/celeba64.py:fid --workdir=runs/celeba64_fid \\
+      --config.run_workdir=runs/celeba64_energy --config.inception_weights=<fid_inception_v3.npz>
 Data: tfds ``celeb_a`` (its files go to ``<dir>/downloads/manual`` first, see the tfds
 catalog; then ``tfds build celeb_a --data_dir=<dir>`` and ``--config.data.data_dir=<dir>``), centre
 crop
@@ -41,6 +43,8 @@ def _common():
 def get_config(variant: str = "teacher"):
   common = _common()
   task, smoke = common.parse_variant(variant)
+  if task == "fid":
+    return common.fid_config(num_steps=40, smoke=smoke)
   config = common.base_config('celeb_a')
   config.task = "teacher"
   config.data.batch_size = 256

@@ -1,10 +1,12 @@
 """CIFAR-10 (32×32), class-conditional: EDM teacher and distilled energy.
 
-Variants: ``teacher``, ``distill`` (each optionally ``,smoke``: a tiny U-Net, two steps on a CPU,
-used by the tests with ``tfds.testing.mock_data`` / a generated folder). Launch:
+Variants: ``teacher``, ``distill``, ``fid`` (each optionally ``,smoke``: a tiny U-Net, two steps on
+a CPU, used by the tests with ``tfds.testing.mock_data`` / a generated folder). Launch:
   python launch.py --config=configs/cifar10.py:teacher --workdir=runs/cifar10_teacher
   python launch.py --config=configs/cifar10.py:distill --workdir=runs/cifar10_energy \\
       --config.teacher.workdir=runs/cifar10_teacher
+  python launch.py --config=configs/cifar10.py:fid --workdir=runs/cifar10_fid \\
+      --config.run_workdir=runs/cifar10_energy --config.inception_weights=<fid_inception_v3.npz>
 Data: tfds ``cifar10`` (prepare once: ``tfds build cifar10 --data_dir=<dir>``, then
 ``--config.data.data_dir=<dir>``); [-1, 1], horizontal flips, 10 classes, label dropout 0.1.
 
@@ -38,6 +40,8 @@ def _common():
 def get_config(variant: str = "teacher"):
   common = _common()
   task, smoke = common.parse_variant(variant)
+  if task == "fid":
+    return common.fid_config(num_steps=18, smoke=smoke)
   config = common.base_config('cifar10')
   config.task = "teacher"
   config.data.batch_size = 512

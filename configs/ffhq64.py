@@ -1,12 +1,14 @@
 """FFHQ 64×64, unconditional: EDM teacher and distilled energy.
 
-Variants: ``teacher``, ``distill`` (each optionally ``,smoke``: a tiny U-Net, two steps on a CPU,
-used by the tests with ``tfds.testing.mock_data`` / a generated folder). Launch:
+Variants: ``teacher``, ``distill``, ``fid`` (each optionally ``,smoke``: a tiny U-Net, two steps on
+a CPU, used by the tests with ``tfds.testing.mock_data`` / a generated folder). Launch:
   python launch.py --config=configs/ffhq64.py:teacher --workdir=runs/ffhq64_teacher \\
       --config.data.image_dir=<ffhq dir>
   python launch.py --config=configs/ffhq64.py:distill --workdir=runs/ffhq64_energy \\
       --config.data.image_dir=<ffhq dir> \\
       --config.teacher.workdir=runs/ffhq64_teacher
+  python launch.py --config=configs/ffhq64.py:fid --workdir=runs/ffhq64_fid \\
+      --config.run_workdir=runs/ffhq64_energy --config.inception_weights=<fid_inception_v3.npz>
 Data: a folder ``<dir>/train/ffhq/*.png`` (70k images; resize to 64×64 first), read with
 tfds ImageFolder, flips, no labels.
 
@@ -37,6 +39,8 @@ def _common():
 def get_config(variant: str = "teacher"):
   common = _common()
   task, smoke = common.parse_variant(variant)
+  if task == "fid":
+    return common.fid_config(num_steps=40, smoke=smoke)
   config = common.base_config('ffhq64')
   config.task = "teacher"
   config.data.batch_size = 256

@@ -31,8 +31,8 @@ def base_config(data_name: str):
   return config
 
 
-def parse_variant(variant: str, tasks=("teacher", "distill")):
-  """``'teacher'``, ``'distill'``, ``'teacher,smoke'`` … → ``(task, smoke)``."""
+def parse_variant(variant: str, tasks=("teacher", "distill", "fid")):
+  """``'teacher'``, ``'distill'``, ``'fid'``, ``'teacher,smoke'`` … → ``(task, smoke)``."""
   parts = [p for p in variant.split(",") if p]
   smoke = "smoke" in parts
   rest = [p for p in parts if p != "smoke"]
@@ -55,6 +55,20 @@ def as_distill(config, learning_rate: float, num_steps: int):
   config.optim.warmup_steps = 1000
   config.teacher.workdir = ""   # required: --config.teacher.workdir=<teacher run>
   config.teacher.log_asymmetry = False   # an extra jvp+vjp per example; enable to inspect.
+  return config
+
+
+def fid_config(num_steps: int, smoke: bool):
+  """The FID job (:mod:`fkdiff.experiments.fid`) with EDM's Heun levels for this resolution;
+  ``run_workdir`` and ``inception_weights`` are set on the command line."""
+  from fkdiff.experiments.fid import job_config
+  config = job_config()
+  config.sampler.num_steps = num_steps
+  if smoke:   # seconds on a CPU (Inception at 299×299 dominates).
+    config.num_samples, config.batch_size, config.save_every = 8, 4, 1
+    config.reference.num_images = 8
+    config.sampler.num_steps = 2
+    config.grid_samples = 8
   return config
 
 

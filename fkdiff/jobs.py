@@ -10,7 +10,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Configs with ``job = 'toy2d'`` run the toy composition pipeline
   (:mod:`fkdiff.experiments.toy2d`), ``job = 'digits'`` the digits one
-  (:mod:`fkdiff.experiments.digits`); all others are one training run
+  (:mod:`fkdiff.experiments.digits`), ``job = 'fid'`` the FID of an image run
+  (:mod:`fkdiff.experiments.fid`); all others are one training run
   (:func:`fkdiff.training.train_and_evaluate`).
   """
   logging.info("JAX devices: %s", jax.devices())
@@ -20,6 +21,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.get("job") == "digits":
     from fkdiff.experiments import digits
     return digits.run(config, workdir)
+  if config.get("job") == "fid":
+    from fkdiff.experiments import fid
+    return fid.run(config, workdir)
   from fkdiff.training import train_and_evaluate
   results = train_and_evaluate(config, workdir)
   print(results, flush=True)

@@ -51,6 +51,10 @@ CELEBA_ATTRIBUTES = (
     "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young")
 
 
+IMAGE_SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "celeb_a": (64, 64, 3),
+                "afhqv2_64": (64, 64, 3), "ffhq64": (64, 64, 3)}
+
+
 class DatasetNotPreparedError(RuntimeError):
   """The dataset's files are not where the config says; the message says how to prepare them."""
 
