@@ -79,7 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.training.sigma_bins = (0.05, 0.5, 5.0)   # edges of σ bins for per-σ metrics.
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_samples = 4096
+  c.eval.num_samples = 4096         # final samples and metrics; 0 skips the final evaluation.
   c.eval.sample_steps = 64
   c.eval.score_sigma = 0.5          # σ at which the score error is reported.
   return c

@@ -152,7 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config.task`` in ``workdir`` (resuming if it holds a checkpoint), then evaluates.
 
   Returns:
-    The final evaluation metrics (also written to ``workdir/eval.json``).
+    The final evaluation metrics (also written to ``workdir/eval.json``); with
+    ``eval.num_samples = 0`` no final samples are drawn and only the step is reported.
   """
   from clu import metric_writers, periodic_actions   # imports TensorFlow: keep it local.
 
@@ -191,7 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   manager.wait_until_finished()
   manager.close()
 
-  results = evaluate(task, data, state.ema_params, config, workdir, int(state.step))
+  results = ({"step": int(state.step)} if config.eval.num_samples == 0 else
+             evaluate(task, data, state.ema_params, config, workdir, int(state.step)))
   writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in results.items()
                                          if isinstance(v, float)})
   writer.flush()
