@@ -1,4 +1,5 @@
-"""A minimal jitted optax loop for tests that train a loss directly (not through the trainer)."""
+"""Test helpers: a minimal jitted optax loop for tests that train a loss directly (not through the
+trainer), and random FID-Inception weight files."""
 
 from typing import Callable, List, Optional, Tuple
 
@@ -47,3 +48,35 @@ def fit(loss_fn: Callable, params, sample_batch: Callable, key: jax.Array, steps
   if eval_fn is not None:
     history.append((steps, eval_fn(carry[0])))
   return carry[0], history
+
+
+def random_state_dict(seed: int = 0) -> dict:
+  """Random FID-Inception weights in pytorch-fid's layout, He-scaled so features stay O(1)."""
+  import numpy as np
+  from fkdiff.evaluation import inception
+  rng = np.random.default_rng(seed)
+  abstract = jax.tree.map(lambda s: np.zeros(s.shape, np.float32),
+                          inception.abstract_variables())
+  state = inception.to_state_dict(abstract)
+  for key, value in state.items():
+    if key.endswith("conv.weight"):
+      fan_in = np.prod(value.shape[1:])
+      state[key] = rng.normal(0, np.sqrt(2 / fan_in), value.shape).astype(np.float32)
+    elif key.endswith("running_var"):
+      state[key] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
+    elif key.endswith("bn.weight"):
+      state[key] = np.ones(value.shape, np.float32)
+    else:
+      state[key] = rng.normal(0, 0.1, value.shape).astype(np.float32)
+  return state
+
+
+def write_random_fid_weights(path: str, seed: int = 0) -> str:
+  """Writes :func:`random_state_dict` as the ``.npz`` the FID job reads (with the classifier
+  head the real file has, which is ignored); returns ``path``."""
+  import numpy as np
+  state = random_state_dict(seed)
+  state["fc.weight"] = np.zeros((1008, 2048), np.float32)
+  state["fc.bias"] = np.zeros((1008,), np.float32)
+  np.savez(path, **state)
+  return path

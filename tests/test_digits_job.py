@@ -10,17 +10,22 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from helpers import write_random_fid_weights
 from fkdiff.data import images
 from fkdiff.evaluation import frechet
 from fkdiff.experiments import digits
 
 
-def _config(variant=""):
-  spec = importlib.util.spec_from_file_location("digits_config",
-                                                os.path.join(ROOT, "configs/digits.py"))
+def _load_config(filename, variant=""):
+  spec = importlib.util.spec_from_file_location(filename[:-3],
+                                                os.path.join(ROOT, "configs", filename))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant)
+
+
+def _config(variant=""):
+  return _load_config("digits.py", variant)
 
 
 def test_frechet_distance_matches_the_closed_form_for_gaussians():
@@ -108,7 +113,7 @@ def test_smoke_job_end_to_end_and_identities_on_the_learned_energy(tmp_path, cap
     row = results["and"]["heavy"][method]
     assert 0 <= row["both"] <= min(row["adherence"], row["heavy"]), row
   assert 0 < results["low_temperature"]["beta1"]["smc"]["ess_min_fraction"] <= 1
-  assert (run / "teachers" / "class" / "samples").is_dir()
+  assert (run / "teachers" / "class" / "checkpoints").is_dir()
   assert (run / "results.txt").read_text().startswith("classifier test accuracy")
 
   energy = digits.load_energy(str(run / "energies" / "class"))
@@ -130,3 +135,42 @@ def test_smoke_job_end_to_end_and_identities_on_the_learned_energy(tmp_path, cap
   digits.run(config, str(run))
   out = capsys.readouterr().out
   assert out.count("reusing its checkpoint") == 4 and "training" not in out
+
+  _fid_job_on_the_distilled_energy(str(run / "energies" / "class"), tmp_path, capsys)
+
+
+def _fid_job_on_the_distilled_energy(energy_dir, tmp_path, capsys):
+  """The ``:fid,smoke`` job (random Inception weights in the real file's format) on a distilled
+  energy with classifier-free guidance; a relaunch reuses the reference statistics and features."""
+  from fkdiff import jobs
+  config = _load_config("cifar10.py", "fid,smoke")
+  config.run_workdir = energy_dir
+  config.inception_weights = write_random_fid_weights(str(tmp_path / "fid_weights.npz"))
+  config.sampler.guidance = 2.0
+  out = str(tmp_path / "fid")
+  results = jobs.run(config, out)
+  assert results["num_samples"] == 8 and results["reference_images"] == 8
+  assert results["run_task"] == "distill" and results["nfe_per_sample"] == 2 * (2 * 2 - 1)
+  assert np.isfinite(results["fid"]) and results["fid"] > 0
+  assert {"results.json", "reference_stats.npz", "sample_stats.npz", "samples.png"} <= set(
+      os.listdir(out))
+  with open(os.path.join(out, "results.json")) as f:
+    assert json.load(f)["fid"] == results["fid"]
+  capsys.readouterr()
+  again = jobs.run(config, out)                      # nothing left to sample: same FID.
+  printed = capsys.readouterr().out
+  assert "reusing" in printed and "Resuming FID sampling at batch 2/2" in printed
+  assert again["fid"] == results["fid"]
+
+  weights = config.inception_weights
+  config.inception_weights = str(tmp_path / "none.npz")
+  with pytest.raises(FileNotFoundError, match="Inception weights"):
+    jobs.run(config, out)
+  config.inception_weights = weights
+  config.sampler.name = "ddim"
+  with pytest.raises(ValueError, match="Unknown sampler.name 'ddim'"):
+    jobs.run(config, out)
+  config.sampler.name = "heun"
+  config.unknown = 1
+  with pytest.raises(ValueError, match="Unknown config key"):
+    jobs.run(config, out)

@@ -1,55 +1,21 @@
-"""The FID protocol: the FID Inception-v3 network, its weight file, features and the FID job.
+"""The FID protocol: the FID Inception-v3 network, its weight file, features and statistics.
 
 The real weights cannot be downloaded here, so the network is checked against the published size
-of torchvision's Inception-v3 and run with random weights written in the same file format.
+of torchvision's Inception-v3 and run with random weights written in the same file format. The FID
+job itself runs on the distilled digits energies of tests/test_digits_job.py.
 """
-
-import importlib.util
-import json
-import os
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
 from fkdiff.evaluation import fid, frechet, inception
-
-
-def _config(filename, variant):
-  spec = importlib.util.spec_from_file_location(filename, os.path.join(ROOT, "configs", filename))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
-
-
-def random_state_dict(seed=0):
-  """Random FID-Inception weights in pytorch-fid's layout, He-scaled so features stay O(1)."""
-  rng = np.random.default_rng(seed)
-  abstract = jax.tree.map(lambda s: np.zeros(s.shape, np.float32),
-                          inception.abstract_variables())
-  state = inception.to_state_dict(abstract)
-  for key, value in state.items():
-    if key.endswith("conv.weight"):
-      fan_in = np.prod(value.shape[1:])
-      state[key] = rng.normal(0, np.sqrt(2 / fan_in), value.shape).astype(np.float32)
-    elif key.endswith("running_var"):
-      state[key] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
-    elif key.endswith(("bn.weight",)):
-      state[key] = np.ones(value.shape, np.float32)
-    else:
-      state[key] = rng.normal(0, 0.1, value.shape).astype(np.float32)
-  return state
+from helpers import random_state_dict, write_random_fid_weights
 
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("inception") / "fid_inception_v3.npz")
-  state = random_state_dict()
-  state["fc.weight"] = np.zeros((1008, 2048), np.float32)   # in the real file; ignored.
-  state["fc.bias"] = np.zeros((1008,), np.float32)
-  np.savez(path, **state)
-  return path
+  return write_random_fid_weights(str(tmp_path_factory.mktemp("inception") / "fid.npz"))
 
 
 @pytest.fixture(scope="module")
@@ -134,48 +100,3 @@ def test_stats_files_round_trip_and_bad_files(tmp_path):
   np.savez(str(tmp_path / "other.npz"), mean=np.zeros(3))
   with pytest.raises(ValueError, match="'mu' and 'sigma'"):
     fid.load_stats(str(tmp_path / "other.npz"))
-
-
-@pytest.mark.slow
-def test_fid_job_on_a_distilled_digits_energy_resumes_and_rejects_bad_input(
-    weights_file, tmp_path, capsys):
-  """Teacher → distilled energy (smoke sizes, real digits) → the ``:fid,smoke`` job with
-  classifier-free guidance; a relaunch reuses the reference statistics and the features."""
-  from fkdiff import jobs
-  data_dir = str(tmp_path / "tfds")
-  teacher = _config("digits_teacher.py", "smoke")
-  distill = _config("digits_distill.py", "smoke")
-  teacher.data.data_dir = distill.data.data_dir = data_dir
-  jobs.run(teacher, str(tmp_path / "teacher"))
-  distill.teacher.workdir = str(tmp_path / "teacher")
-  jobs.run(distill, str(tmp_path / "energy"))
-
-  config = _config("cifar10.py", "fid,smoke")
-  config.run_workdir, config.inception_weights = str(tmp_path / "energy"), weights_file
-  config.sampler.guidance = 2.0
-  out = str(tmp_path / "fid")
-  results = jobs.run(config, out)
-  assert results["num_samples"] == 8 and results["reference_images"] == 8
-  assert results["run_task"] == "distill" and results["nfe_per_sample"] == 2 * (2 * 2 - 1)
-  assert np.isfinite(results["fid"]) and results["fid"] > 0
-  assert {"results.json", "reference_stats.npz", "sample_stats.npz", "samples.png"} <= set(
-      os.listdir(out))
-  with open(os.path.join(out, "results.json")) as f:
-    assert json.load(f)["fid"] == results["fid"]
-  capsys.readouterr()
-  again = jobs.run(config, out)                      # nothing left to sample: same FID.
-  printed = capsys.readouterr().out
-  assert "reusing" in printed and "Resuming FID sampling at batch 2/2" in printed
-  assert again["fid"] == results["fid"]
-
-  config.inception_weights = str(tmp_path / "none.npz")
-  with pytest.raises(FileNotFoundError, match="Inception weights"):
-    jobs.run(config, out)
-  config.inception_weights = weights_file
-  config.sampler.name = "ddim"
-  with pytest.raises(ValueError, match="Unknown sampler.name 'ddim'"):
-    jobs.run(config, out)
-  with pytest.raises(ValueError, match="Unknown config key"):
-    config.sampler.name = "heun"
-    config.unknown = 1
-    jobs.run(config, out)
