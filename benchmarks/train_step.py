@@ -34,13 +34,10 @@ def _time_steps(step, state, make_batch, steps: int) -> float:
 
 
 def worker(config_path: str, steps: int, batch: int) -> dict:
-  import importlib.util
   import jax
   from fkdiff.training.train import make_trainer
-  spec = importlib.util.spec_from_file_location("cfg", config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  from fkdiff.training.config import config_module
+  config = config_module(config_path).get_config()
   config.data.batch_size = batch
   trainer = make_trainer(config)
   out = {"devices": jax.device_count()}

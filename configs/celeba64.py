@@ -28,16 +28,11 @@ Expected: no reference FID in EDM for CelebA 64; unconditional FID on the order 
 for a full run is our expectation, not a measurement.
 """
 
-import importlib.util
-import os
+from fkdiff.training.config import config_module
 
 
 def _common():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "image_common.py")
-  spec = importlib.util.spec_from_file_location("image_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_module("image_common.py", next_to=__file__)
 
 
 def get_config(variant: str = "teacher"):

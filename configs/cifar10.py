@@ -25,16 +25,11 @@ Expected: a full-length teacher should approach EDM's conditional CIFAR-10 FID (
 35-step Heun, Karras et al. 2022); the distilled energy's FID is not measured here yet.
 """
 
-import importlib.util
-import os
+from fkdiff.training.config import config_module
 
 
 def _common():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "image_common.py")
-  spec = importlib.util.spec_from_file_location("image_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_module("image_common.py", next_to=__file__)
 
 
 def get_config(variant: str = "teacher"):

@@ -19,18 +19,8 @@ meaningless). Measured figures (README, benchmarks/RESULTS.md): judge accuracy 0
 few distinct samples per condition (weight degeneracy at 64 levels in 64 dimensions).
 """
 
-import importlib.util
-import os
-
 from fkdiff.experiments.digits import job_config
-
-
-def _load(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-  spec = importlib.util.spec_from_file_location(name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from fkdiff.training.config import config_module
 
 
 def get_config(variant: str = ""):
@@ -38,8 +28,8 @@ def get_config(variant: str = ""):
     raise ValueError(f"Unknown variant {variant!r}; use '' or 'smoke'.")
   smoke = variant == "smoke"
   c = job_config()
-  c.teacher = _load("digits_teacher.py").get_config(variant)
-  c.distill = _load("digits_distill.py").get_config(variant)
+  c.teacher = config_module("digits_teacher.py", next_to=__file__).get_config(variant)
+  c.distill = config_module("digits_distill.py", next_to=__file__).get_config(variant)
   c.distill.teacher.workdir = "set-by-the-job"
   for stage in (c.teacher, c.distill):
     stage.training.sample_every = 0

@@ -14,24 +14,15 @@ U-Net: expect a few times the teacher's time per step (not yet measured); 3,000 
 on a full run: the logged ``score_rel_err2`` to the teacher falls to a few percent.
 """
 
-import importlib.util
-import os
-
-
-def _load(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-  spec = importlib.util.spec_from_file_location(name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from fkdiff.training.config import config_module
 
 
 def get_config(variant: str = ""):
   if variant not in ("", "smoke"):
     raise ValueError(f"Unknown variant {variant!r}; use '' or 'smoke'.")
-  config = _load("digits_teacher.py").get_config(variant)
+  config = config_module("digits_teacher.py", next_to=__file__).get_config(variant)
   smoke = variant == "smoke"
-  config = _load("image_common.py").as_distill(config, learning_rate=2e-4,
-                                               num_steps=2 if smoke else 3000)
+  common = config_module("image_common.py", next_to=__file__)
+  config = common.as_distill(config, learning_rate=2e-4, num_steps=2 if smoke else 3000)
   config.optim.warmup_steps = 1 if smoke else 100
   return config

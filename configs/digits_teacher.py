@@ -13,16 +13,11 @@ falls steadily and the samples in ``samples/`` look like digits.
 ``:smoke`` trains two steps of a tiny one-level U-Net (≈ 1 min, mostly compilation).
 """
 
-import importlib.util
-import os
+from fkdiff.training.config import config_module
 
 
 def _common():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "image_common.py")
-  spec = importlib.util.spec_from_file_location("image_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_module("image_common.py", next_to=__file__)
 
 
 def get_config(variant: str = ""):

@@ -24,16 +24,11 @@ Distillation is second-order autodiff through the U-Net. Measured on one H200 (c
 Expected: EDM's FFHQ-64 FID is 2.39 (79-step Heun) for a full run; not measured here.
 """
 
-import importlib.util
-import os
+from fkdiff.training.config import config_module
 
 
 def _common():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "image_common.py")
-  spec = importlib.util.spec_from_file_location("image_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_module("image_common.py", next_to=__file__)
 
 
 def get_config(variant: str = "teacher"):

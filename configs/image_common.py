@@ -5,19 +5,7 @@
 paper-scale sizes and document launch commands, time and expected metrics.
 """
 
-import importlib.util
-import os
-
 from fkdiff.training.config import default_config
-
-
-def load_sibling(filename: str):
-  """Imports another file of ``configs/`` by path (config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
-  spec = importlib.util.spec_from_file_location(filename[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def base_config(data_name: str):

@@ -14,16 +14,11 @@ error at σ = 0.5 within a few percent of the teacher's (eval.json); the log sho
 to the teacher per σ bin and the teacher's non-conservative part (``teacher_asymmetry``).
 """
 
-import importlib.util
-import os
+from fkdiff.training.config import config_module
 
 
 def _teacher_config(variant):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy2d_teacher.py")
-  spec = importlib.util.spec_from_file_location("toy2d_teacher", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_module("toy2d_teacher.py", next_to=__file__).get_config(variant)
 
 
 def get_config(variant: str = ""):

@@ -1,6 +1,5 @@
 """The digits job (configs/digits.py): end to end on :smoke, its pieces, and bad input."""
 
-import importlib.util
 import json
 import os
 
@@ -14,14 +13,11 @@ from helpers import write_random_fid_weights
 from fkdiff.data import images
 from fkdiff.evaluation import frechet
 from fkdiff.experiments import digits
+from fkdiff.training.config import config_module
 
 
 def _load_config(filename, variant=""):
-  spec = importlib.util.spec_from_file_location(filename[:-3],
-                                                os.path.join(ROOT, "configs", filename))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_module(os.path.join(ROOT, "configs", filename)).get_config(variant)
 
 
 def _config(variant=""):

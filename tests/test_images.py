@@ -5,7 +5,6 @@ sizes (a tiny U-Net) for one step; full-size architectures are checked by shape 
 """
 
 import functools
-import importlib.util
 import os
 
 import jax
@@ -19,6 +18,7 @@ from fkdiff.data import images
 from fkdiff.diffusion import edm
 from fkdiff.sampling import smc_sample, targets
 from fkdiff.training import validate_config
+from fkdiff.training.config import config_module
 
 # A tiny random U-Net whose output depends on everything (no zero-initialised branches).
 # Initialising with an RBG key compiles ~3× faster on a CPU than with the default threefry key.
@@ -28,10 +28,7 @@ TINY = dict(width=8, depth=1, emb_dim=16, channel_mult=(1, 2), attn_resolutions=
 
 
 def _config(filename, variant):
-  spec = importlib.util.spec_from_file_location(filename, os.path.join(ROOT, "configs", filename))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_module(os.path.join(ROOT, "configs", filename)).get_config(variant)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """The main job (configs/toy2d.py): end to end on :smoke, and SMC against the naive sampler."""
 
-import importlib.util
 import json
 import os
 
@@ -8,13 +7,11 @@ import pytest
 
 from conftest import ROOT
 from fkdiff.experiments import toy2d
+from fkdiff.training.config import config_module
 
 
 def _config(variant=""):
-  spec = importlib.util.spec_from_file_location("toy2d_config", os.path.join(ROOT, "configs/toy2d.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_module(os.path.join(ROOT, "configs/toy2d.py")).get_config(variant)
 
 
 @pytest.mark.slow

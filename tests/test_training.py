@@ -64,10 +64,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
   assert resumed_from < 400, "the job finished before it could be killed"
 
   from ml_collections import config_flags  # noqa: F401  (same config path as launch.py)
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs/toy2d_teacher.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from fkdiff.training.config import config_module
+  module = config_module(os.path.join(ROOT, "configs/toy2d_teacher.py"))
 
   def config():
     c = module.get_config()

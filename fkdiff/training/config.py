@@ -6,6 +6,9 @@ valid name, so a run never silently ignores a setting.
 """
 
 import difflib
+import importlib.util
+import os
+from typing import Optional
 
 import ml_collections
 
@@ -103,3 +106,21 @@ def validate_config(config: ml_collections.ConfigDict,
       continue
     if isinstance(value, ml_collections.ConfigDict):
       validate_config(value, reference[key], prefix=path + ".")
+
+
+def config_module(filename: str, next_to: Optional[str] = None):
+  """Imports a config file as a module (``configs/`` is not a package: its files, the tests and
+  the notebooks load config files by path).
+
+  Args:
+    filename: the config file's path, or its name in the folder of ``next_to``.
+    next_to: a file (usually the caller's ``__file__``) next to which ``filename`` lies.
+  Returns:
+    The module; call its ``get_config(variant)``.
+  """
+  path = filename if next_to is None else os.path.join(
+      os.path.dirname(os.path.abspath(next_to)), filename)
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
