@@ -2,6 +2,7 @@
 
 import json
 import os
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -64,3 +65,19 @@ def write_results(workdir: str, results: dict, table: str) -> None:
   print(table, flush=True)
   with open(os.path.join(workdir, "results.txt"), "w") as f:
     f.write(table + "\n")
+
+
+def metrics_table(labels: Sequence[Tuple[str, int]], cols: Sequence[str],
+                  rows: Iterable[Tuple[Sequence[str], Dict[str, float]]], width: int) -> List[str]:
+  """Fixed-width text lines: a header, then one line per ``(label values, metrics)`` row.
+
+  ``labels`` are ``(column name, width)`` of the leading text columns; each of ``cols`` is a
+  metric printed ``width`` wide with 4 decimals, or ``-`` where a row lacks it.
+  """
+  head = " ".join(f"{name:{w}s}" for name, w in labels)
+  lines = [head + " " + " ".join(f"{c[:width]:>{width}s}" for c in cols)]
+  for values, m in rows:
+    text = " ".join(f"{v:{w}s}" for v, (_, w) in zip(values, labels))
+    lines.append(text + " " + " ".join(f"{m[c]:{width}.4f}" if c in m else f"{'-':>{width}s}"
+                                       for c in cols))
+  return lines

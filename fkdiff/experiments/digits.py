@@ -313,15 +313,13 @@ def run_tasks(config, workdir: str, energies: Dict[str, ConditionalEnergy], judg
 def format_table(results: dict) -> str:
   """The results as a fixed-width table: one row per task × setting × method."""
   cols = ("adherence", "both", "heavy", "diversity", "unique", "frechet", "ess_min_fraction")
-  lines = [f"classifier test accuracy {results['classifier_test_accuracy']:.3f}; heavy stroke: "
-           f"mean ink > {results['heavy_threshold']:.4f}",
-           f"{'task':16s} {'setting':8s} {'method':7s} " + " ".join(f"{c[:10]:>10s}" for c in cols)]
-  for task in TASKS:
-    for setting, rows in results.get(task, {}).items():
-      for method, m in rows.items():
-        vals = " ".join(f"{m[c]:10.4f}" if c in m else f"{'-':>10s}" for c in cols)
-        lines.append(f"{task:16s} {setting:8s} {method:7s} {vals}")
-  return "\n".join(lines)
+  rows = [((task, setting, method), m) for task in TASKS
+          for setting, by_method in results.get(task, {}).items()
+          for method, m in by_method.items()]
+  return "\n".join([f"classifier test accuracy {results['classifier_test_accuracy']:.3f}; heavy "
+                    f"stroke: mean ink > {results['heavy_threshold']:.4f}"] +
+                   common.metrics_table((("task", 16), ("setting", 8), ("method", 7)), cols,
+                                        rows, 10))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

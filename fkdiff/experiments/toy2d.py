@@ -325,14 +325,9 @@ def format_table(results: dict) -> str:
   """The results as a fixed-width text table (one row per task × method × energy source)."""
   cols = ("mode_mass_tv", "nll", "sliced_wasserstein", "energy_distance", "ess_min_fraction",
           "log_Z", "log_Z_exact")
-  lines = [f"{'task':16s} {'method/energy':15s} " + " ".join(f"{c[:12]:>12s}" for c in cols)]
-  for task, rows in results.items():
-    for name, metrics in rows.items():
-      if not isinstance(metrics, dict):
-        continue
-      vals = " ".join(f"{metrics[c]:12.4f}" if c in metrics else f"{'-':>12s}" for c in cols)
-      lines.append(f"{task:16s} {name:15s} {vals}")
-  return "\n".join(lines)
+  rows = [((task, name), metrics) for task, task_rows in results.items()
+          for name, metrics in task_rows.items() if isinstance(metrics, dict)]
+  return "\n".join(common.metrics_table((("task", 16), ("method/energy", 15)), cols, rows, 12))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
