@@ -66,22 +66,16 @@ def test_heavy_stroke_splits_the_train_digits_at_the_median(tmp_path):
     images.load_arrays(data)
 
 
-def test_bad_names_are_rejected():
+@pytest.mark.parametrize("section,key,value,message", [
+    ("low_temperature", "methods", ("smc", "langevin"), "Unknown low_temperature method 'langevin'"),
+    ("conjunction", "classes", (3, 12), "Unknown class 12"),
+    ("sampler", "particles", 4, "Unknown config key 'sampler.particles'"),
+    ("low_temperature", "betas", (1.0, 0.0), "betas must be > 0"),
+])
+def test_bad_names_are_rejected(section, key, value, message):
   config = _config("smoke")
-  config.low_temperature.methods = ("smc", "langevin")
-  with pytest.raises(ValueError, match="Unknown low_temperature method 'langevin'"):
-    digits.validate_job_config(config)
-  config = _config("smoke")
-  config.conjunction.classes = (3, 12)
-  with pytest.raises(ValueError, match="Unknown class 12"):
-    digits.validate_job_config(config)
-  config = _config("smoke")
-  config.sampler.particles = 4
-  with pytest.raises(ValueError, match="Unknown config key 'sampler.particles'"):
-    digits.validate_job_config(config)
-  config = _config("smoke")
-  config.low_temperature.betas = (1.0, 0.0)
-  with pytest.raises(ValueError, match="betas must be > 0"):
+  config[section][key] = value
+  with pytest.raises(ValueError, match=message):
     digits.validate_job_config(config)
 
 
