@@ -171,8 +171,9 @@ def _save_progress(workdir: str, fingerprint: str, chunks, batch_size: int) -> N
 
 # ---------------------------------------------------------------------------------------------
 
-def reference(config, run_config, workdir: str, features) -> fid_lib.FeatureStats:
-  """The reference statistics: the given file, or the run's dataset (cached in the workdir)."""
+def reference(config, workdir: str, features, load_split) -> fid_lib.FeatureStats:
+  """The reference statistics: the given file, or the run's dataset (``load_split(split)``;
+  cached in the workdir)."""
   from fkdiff.data import images
   if config.reference.stats:
     return fid_lib.load_stats(config.reference.stats)
@@ -180,7 +181,7 @@ def reference(config, run_config, workdir: str, features) -> fid_lib.FeatureStat
   if os.path.exists(cache):
     print(f"Reference statistics: reusing {cache}.", flush=True)
     return fid_lib.load_stats(cache)
-  arrays = images.load_arrays(run_config.data, config.reference.split)
+  arrays = load_split(config.reference.split)
   if jax.process_count() > 1:   # every process embeds its share; one fit of all of them.
     from jax.experimental import multihost_utils
     local = features(images.to_model_range(arrays["image"][:config.reference.num_images //
@@ -210,15 +211,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.data_mesh()
   params = tree["ema_params" if config.use_ema else "params"]
   features_fn = fid_lib.make_feature_fn(inception_variables, config.batch_size)
-  ref = reference(config, run_config, workdir, features_fn)
+  load_split = functools.cache(lambda split: images.load_arrays(run_config.data, split))
+  ref = reference(config, workdir, features_fn, load_split)
 
   label_table = None
-  if tasks.num_attributes(run_config) > 0:
-    label_table = images.load_arrays(run_config.data, "train")["label"]
-  sigma_data = float(run_config.data.sigma_data) or images.IMAGE_SIGMA_DATA
-  generate = make_generate(config, run_config, tasks.run_denoiser(run_config),
-                           images.IMAGE_SHAPES[run_config.data.name], sigma_data, mesh,
-                           label_table)
+  if tasks.num_attributes(run_config) > 0:   # attribute vectors of real training images.
+    label_table = load_split("train")["label"]
+  load_split.cache_clear()   # the images are not needed while sampling.
+  denoise, sigma_data = tasks.run_denoiser(run_config)
+  generate = make_generate(config, run_config, denoise, images.IMAGE_SHAPES[run_config.data.name],
+                           sigma_data, mesh, label_table)
   fingerprint = _fingerprint(config, run_step)
   chunks = _load_progress(workdir, fingerprint)
   num_batches = -(-config.num_samples // config.batch_size)

@@ -182,14 +182,14 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
               lambda p, x, s: energy_fn(p, x, s), frozen=teacher_params)
 
 
-def run_denoiser(run_config: ml_collections.ConfigDict) -> Callable:
-  """``denoise(params, x, σ, label=None)`` of a finished run of any task (an image run: its σ_d
-  is the data config's), for sampling from its checkpoint."""
+def run_denoiser(run_config: ml_collections.ConfigDict):
+  """``(denoise(params, x, σ, label=None), σ_d)`` of a finished run of any task (an image run:
+  its σ_d is the data config's), for sampling from its checkpoint."""
   sigma_data = _sigma_data(run_config.data)
   if run_config.task == "teacher":
-    return models.make_denoiser(models.get_backbone(run_config.model), sigma_data)
+    return models.make_denoiser(models.get_backbone(run_config.model), sigma_data), sigma_data
   if run_config.task in ("distill", "energy_dsm"):
-    return _energy_model(run_config, sigma_data)[2]
+    return _energy_model(run_config, sigma_data)[2], sigma_data
   raise ValueError(f"Unknown task {run_config.task!r} in the run's config.")
 
 
