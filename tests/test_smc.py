@@ -209,13 +209,47 @@ def test_soft_box_mass_mostly_inside():
   assert outside.max() < 0.01
 
 
+# ---------------------------------------------------------------- high dimension
+def test_tempered_mixture_in_64_dimensions_matched_scale():
+  # p = 0.7 N(m, 0.25 I) + 0.3 N(−m, 0.25 I) in d = 64, |m| = 2.8, tempered by β = 4: exactly
+  # p^β ∝ 0.7^β N(m, 0.0625 I) + 0.3^β N(−m, 0.0625 I) (modes this far apart: overlap < 1e-30),
+  # i.e. mass 0.967 on the + mode. tempered() records s = β; smc_sample matches its start and
+  # kernels to it. With s = 1 the start alone (N(0, 6400) proposing N(0, 1600) in 64 dimensions)
+  # leaves about one particle.
+  d, v0, beta = 64, 0.25, 4.0
+  m = jnp.full((d,), 0.35)
+  log_w = jnp.log(jnp.array([0.7, 0.3]))
+
+  def energy(x, sigma):
+    v = v0 + sigma**2
+    return -jax.nn.logsumexp(log_w - jnp.stack([jnp.sum((x - m)**2), jnp.sum((x + m)**2)])
+                             / (2 * v)) + 0.5 * d * jnp.log(v)
+
+  potential = targets.tempered(energy, beta)
+  assert targets.scale_of(potential) == beta
+  res = run_many(potential, num_runs=4, num=1024, num_levels=64, event_shape=(d,), seed=11,
+                 sigma_data=0.5, sigma_max=80.0)
+  plus = lambda x: (x @ m > 0).astype(jnp.float32)
+  within = lambda x: jnp.mean((x - jnp.sign(x @ m)[..., None] * m)**2, -1)
+  mass, var = per_run_mean(res, plus), per_run_mean(res, within)
+  assert np.all(np.abs(mass - 0.7**4 / (0.7**4 + 0.3**4)) < 0.04), mass
+  assert np.all(np.abs(var - (v0 + SIGMA_MIN**2) / beta) < 0.03 * v0 / beta), var
+  assert np.min(np.asarray(res.info.ess)[:, 0]) > 0.9 * 1024
+  unmatched = run_many(potential, num_runs=1, num=1024, num_levels=64, event_shape=(d,),
+                       seed=11, sigma_data=0.5, sigma_max=80.0, potential_scale=1.0)
+  assert float(np.asarray(unmatched.info.ess)[0, 0]) < 0.01 * 1024
+
+
 # ---------------------------------------------------------------- rejuvenation, approximate
 @pytest.mark.parametrize("kernel", ["mala", "hmc"])
 def test_rejuvenation_keeps_correctness(kernel):
   beta = 2.0
   potential = targets.tempered(gauss_energy(0.0, 1.0), beta)
+  # potential_scale=1 (kernels not matched to β) makes the weights degenerate and resample,
+  # which is what exercises the rejuvenation here.
   res = run_many(potential, num_runs=8, num=1000, num_levels=32, seed=6, rejuvenation=kernel,
-                 rejuvenation_steps=2, rejuvenation_step_size=lambda s: 0.1 * (s**2 + 0.5))
+                 rejuvenation_steps=2, rejuvenation_step_size=lambda s: 0.1 * (s**2 + 0.5),
+                 potential_scale=1.0)
   assert_mc_close(per_run_mean(res, VAR), (1 + SIGMA_MIN**2) / beta, 3)
   resampled = np.asarray(res.info.resampled)
   acc = np.asarray(res.info.acceptance_rate)

@@ -204,16 +204,17 @@ def tempered_truth(m, beta, sigma, grid_size) -> Truth:
 
 
 def task_potential(task: str, config, energies: Energies):
-  """``(potential_fn(params, x, σ), params, model names)`` of a task on the given energies."""
+  """``(potential(params) -> U(x, σ), params, model names)`` of a task on the given energies;
+  ``U`` is a :mod:`fkdiff.sampling.targets` potential (it records its scale for SMC)."""
   if task == "product":
     names = list(config.product.models)
-    def potential(params, x, s):
-      return targets.product([functools.partial(energies.fns[n], params[n]) for n in names])(x, s)
+    def potential(params):
+      return targets.product([functools.partial(energies.fns[n], params[n]) for n in names])
   else:
     names = [config.low_temperature.model]
-    def potential(params, x, s):
+    def potential(params):
       e = functools.partial(energies.fns[names[0]], params[names[0]])
-      return targets.tempered(e, config.low_temperature.beta)(x, s)
+      return targets.tempered(e, config.low_temperature.beta)
   return potential, {n: energies.params[n] for n in names}, names
 
 
@@ -229,7 +230,7 @@ def run_method(method: str, key, potential, params, config, sigma_data: float):
 
   @jax.jit
   def sample(params, key):
-    u = lambda x, sig: potential(params, x, sig)
+    u = potential(params)
     k_init, k_run = jax.random.split(key)
     if method == "smc":
       res = smc.smc_sample(k_run, u, sigmas, n, (2,), sigma_data=sigma_data,

@@ -5,17 +5,21 @@ Levels ``σ_0 > σ_1 > … > σ_K`` (``sigmas``, K+1 entries) and a potential ``
 targets ``γ_k(x) = exp(−U_k(x))``, ``U_k = U(·, σ_k)``. Every weight below is the formula of
 METHOD.md §4; the names in the code follow it.
 
-- Start: ``x ~ N(0, (σ_0² + σ_d²) I)``, ``log w = −U_0(x) − log prior(x)``.
+- Start: ``x ~ N(0, (σ_0² + σ_d²)/s I)``, ``log w = −U_0(x) − log prior(x)``.
 - At each level k (k = 0 … K−1), in this order:
   1. **resample** if ``ESS < τ N`` and ``σ_k`` lies in ``resample_sigma_range`` (default: every
      level): ``log Ẑ += log mean(w)``, ancestors drawn with the chosen scheme, ``log w ← 0``; then
      optionally **rejuvenate** with MALA/HMC steps that leave ``γ_k`` invariant;
   2. **propose** with an Euler–Maruyama step of the reverse SDE
-     ``M_k(x'|x) = N(x'; x + Δ_k b_k(x), Δ_k I)``, ``Δ_k = σ_k² − σ_{k+1}²``, drift ``b_k = −∇U_k``
+     ``M_k(x'|x) = N(x'; x + Δ b_k(x), Δ I)``, ``Δ = (σ_k² − σ_{k+1}²)/s``, drift ``b_k = −∇U_k``
      by default (``drift_fn`` overrides it);
   3. **reweight**, ``log w += log G_{k+1}`` with (``weight_mode='exact'``, the default, exact for
-     any proposal) ``log G_{k+1} = −U_{k+1}(x') + U_k(x) + log N(x; x', Δ_k I) − log M_k(x'|x)``,
-     the backward kernel being the forward noising step ``L_k(x|x') = N(x; x', Δ_k I)``.
+     any proposal) ``log G_{k+1} = −U_{k+1}(x') + U_k(x) + log N(x; x', Δ I) − log M_k(x'|x)``,
+     the backward kernel being the forward noising step ``L_k(x|x') = N(x; x', Δ I)``.
+  ``s`` is ``potential_scale`` (default 1: METHOD.md §4 as written). For a potential
+  ``U ≈ s E`` (β-tempering: ``s = β``) the targets ``∝ p_σ^s`` narrow like a diffusion with
+  variance steps ``Δ_k / s``; with ``s = 1`` instead, the start and every kernel are too wide by
+  a factor ``s`` and the exact weights degenerate exponentially in the dimension.
 - End: ``log Ẑ += log mean(w)``; the result is the weighted particle set at ``σ_K`` (optionally
   resampled once, optionally denoised with ``denoise_fn(x, σ_K)``).
 
@@ -44,7 +48,9 @@ global (cross-device) resampling. The random numbers do not depend on the shardi
 result equals the single-device one for the same key (up to float reduction order).
 
 The function is ``jax.jit``-able (close over the callables and static options); the loop is a
-``lax.scan`` (compile time independent of the number of levels) with no host callbacks.
+``lax.scan`` over the K+1 levels (compile time independent of the number of levels) with no host
+callbacks, and the potential is evaluated at a single place in it (level k evaluates ``U_k`` and
+completes the weights of the move into σ_k), so an image-scale energy is compiled once.
 """
 
 import functools
@@ -56,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fkdiff.sampling import mcmc
+from fkdiff.sampling import mcmc, targets
 from fkdiff.sampling import resampling as resampling_lib
 
 Array = jax.Array
@@ -81,6 +87,23 @@ class SMCState(NamedTuple):
   potential: Array
   drift_grad: Array
   base_energy: Array
+
+
+class _Pending(NamedTuple):
+  """Terms of the last move's log G_{k+1} known before the new level is evaluated, each (N,)."""
+  potential: Array        # U_k(x) of the particle that moved (after resampling/rejuvenation)
+  base_energy: Array      # E_k(x) in approximate mode, zeros otherwise
+  log_backward: Array     # log L_k(x | x')
+  log_proposal: Array     # log M_k(x' | x); at the start, log prior(x)
+
+
+class _Carry(NamedTuple):
+  """What the scan carries into level σ_k: particles not yet evaluated there, their weights
+  without the last move's increment, ``log Ẑ`` so far, and that increment's pending terms."""
+  particles: Array
+  log_weights: Array
+  log_Z: Array
+  pending: _Pending
 
 
 class SMCInfo(NamedTuple):
@@ -186,6 +209,7 @@ def smc_sample(
     rejuvenation_step_size: Union[float, Callable[[Array], Array], None] = None,
     num_leapfrog: int = 5,
     init_std: Optional[float] = None,
+    potential_scale: Union[float, Array, None] = None,
     mesh: Optional[Mesh] = None,
     particle_axis: Optional[str] = None,
     particle_chunk_size: Optional[int] = None,
@@ -215,7 +239,16 @@ def smc_sample(
     rejuvenation_steps: kernel steps per resampling event.
     rejuvenation_step_size: float or function of σ; default ``0.05 σ_k²``.
     num_leapfrog: leapfrog steps for HMC.
-    init_std: standard deviation of the initial Gaussian; default ``sqrt(σ_0² + σ_d²)``.
+    init_std: standard deviation of the initial Gaussian; default ``sqrt((σ_0² + σ_d²) / s)``.
+    potential_scale: ``s`` > 0 (may be traced); default the scale the potential records
+      (:func:`fkdiff.sampling.targets.scale_of`; 1 for a plain energy). The potential is about
+      ``s`` times a diffused energy, ``U_k ≈ s E_k`` — β for ``tempered(E, β)``, ``Σ w_i`` for
+      ``product``, 1 for ``conditional_and``. The intermediate targets ``∝ p_{σ_k}^s`` then shrink like a diffusion
+      whose variance falls by ``Δ_k / s`` per level, so the proposal uses the step ``Δ_k / s``
+      (``N(x'; x + (Δ_k/s) b_k(x), (Δ_k/s) I)``), the backward kernel ``N(x; x', (Δ_k/s) I)`` and
+      the initial width ``sqrt((σ_0² + σ_d²)/s)``. The weights stay exact for any ``s``; the
+      matching ``s`` keeps them from degenerating in high dimension (with ``s = 1`` a
+      β-tempered target in d dimensions starts at ESS ≈ N·(4/√7)^(−d) for β = 4).
     mesh: optional 1-D device mesh to shard the particles over (N divisible by its size).
     particle_axis: mesh axis name (default: the mesh's only axis).
     particle_chunk_size: evaluate the potential, drift and denoiser on at most this many particles
@@ -244,6 +277,13 @@ def smc_sample(
   approximate = weight_mode == "approximate"
   if approximate and base_energy is None:
     raise ValueError("weight_mode='approximate' needs base_energy (the model's own energy E).")
+  if potential_scale is None:
+    potential_scale = 1.0 if approximate else targets.scale_of(potential)
+  if approximate and not (isinstance(potential_scale, (int, float)) and potential_scale == 1):
+    raise ValueError("weight_mode='approximate' uses the model's own (β = 1) reverse kernel; "
+                     f"potential_scale must be 1, got {potential_scale!r}.")
+  if isinstance(potential_scale, (int, float)) and not potential_scale > 0:
+    raise ValueError(f"potential_scale must be > 0, got {potential_scale}.")
   if approximate and drift_fn is not None:
     raise ValueError("weight_mode='approximate' uses the model's drift −∇E; drift_fn must be None.")
   resample_fn = resampling_lib.get_resampler(resampling)
@@ -292,15 +332,18 @@ def smc_sample(
     u, g = value_and_grad_u(x, sigma)
     return u, g, jnp.zeros_like(u)
 
-  def log_increment(x, x_new, mean, delta, u, u_new, e, e_new):
-    """log G_{k+1} for one particle (METHOD.md §4)."""
-    if approximate:
-      return -((u_new - e_new) - (u - e))
-    return (-u_new + u
-            + _log_normal(x, x_new, delta)       # log L_k(x | x') = log N(x; x', Δ_k I)
-            - _log_normal(x_new, mean, delta))   # log M_k(x' | x) = log N(x'; x + Δ_k b, Δ_k I)
+  def kernel_terms(x, x_new, mean, delta):
+    """``(log L_k(x | x'), log M_k(x' | x))`` for one particle (METHOD.md §4)."""
+    return (_log_normal(x, x_new, delta),        # log L_k(x | x') = log N(x; x', Δ I)
+            _log_normal(x_new, mean, delta))     # log M_k(x' | x) = log N(x'; x + Δ b, Δ I)
 
-  log_increment = jax.vmap(log_increment, in_axes=(0, 0, 0, None, 0, 0, 0, 0))
+  kernel_terms = jax.vmap(kernel_terms, in_axes=(0, 0, 0, None))
+
+  def log_increment(pending: _Pending, u_new, e_new):
+    """log G_{k+1} (METHOD.md §4), from the move's pending terms and the new evaluation."""
+    if approximate:
+      return -((u_new - e_new) - (pending.potential - pending.base_energy))
+    return -u_new + pending.potential + pending.log_backward - pending.log_proposal
 
   def sanitize(log_w, x):
     """NaN/+inf log-weights and non-finite particles → −inf (documented behaviour)."""
@@ -311,12 +354,14 @@ def smc_sample(
   # ---- initialisation ---------------------------------------------------------------------
   k_init, k_final, k_steps = jax.random.split(key, 3)
   s0 = sigmas[0]
-  std0 = jnp.sqrt(s0**2 + sigma_data**2) if init_std is None else jnp.float32(init_std)
+  scale = jnp.asarray(potential_scale, jnp.float32)
+  std0 = jnp.sqrt((s0**2 + sigma_data**2) / scale) if init_std is None else jnp.float32(init_std)
   x0 = std0 * jax.random.normal(k_init, (num, *event_shape), jnp.float32)
-  u0, g0, e0 = evaluate(x0, s0)
   log_prior = jax.vmap(_log_normal, in_axes=(0, None, None))(x0, jnp.zeros(event_shape), std0**2)
-  log_w0 = sanitize(-u0 - log_prior, x0)           # log w = −U_0(x) − log prior(x)
-  state = constrain(SMCState(x0, log_w0, jnp.zeros((), jnp.float32), u0, g0, e0))
+  zeros = jnp.zeros((num,), jnp.float32)
+  # The start's log w = −U_0(x) − log prior(x) is completed by the first level's evaluation.
+  carry = constrain(_Carry(x0, zeros, jnp.zeros((), jnp.float32),
+                           _Pending(zeros, zeros, zeros, log_prior)))
 
   # ---- one level --------------------------------------------------------------------------
   def resample_and_rejuvenate(state, key, sigma):
@@ -351,43 +396,54 @@ def smc_sample(
   def no_resample(state, key, sigma):
     return state, jnp.zeros((), jnp.float32)
 
-  def level(state, inp):
-    key, s_cur, s_next = inp
-    k_res, k_move = jax.random.split(key)
-    # 1. adaptive resampling (+ rejuvenation) at σ_k.
-    lw = state.log_weights
-    ess = resampling_lib.ess(lw)
-    invalid = resampling_lib.all_weights_invalid(lw)
+  def level(carry, inp):
+    """Level σ_k, k = 0 … K: evaluate U_k (the only evaluation of the potential, so it is
+    compiled once) and complete the weights of the move into σ_k; then, for k < K, resample
+    (+ rejuvenate) and move to σ_{k+1}."""
+    key, s_cur, s_next, k = inp
+    first, last = k == 0, k == num_levels
+    x = carry.particles
+    u, g, e = evaluate(x, s_cur)
+    start = -u - carry.pending.log_proposal              # log w = −U_0(x) − log prior(x)
+    inc = jnp.where(first, start, log_increment(carry.pending, u, e))
+    log_w = sanitize(carry.log_weights + inc, x)
+    state = constrain(SMCState(x, log_w, carry.log_Z, u, g, e))
+    # 1. adaptive resampling (+ rejuvenation) at σ_k (k < K).
+    ess = resampling_lib.ess(log_w)
+    invalid = resampling_lib.all_weights_invalid(log_w)
     in_range = (s_cur >= sigma_lo) & (s_cur <= sigma_hi)
-    do_resample = (ess < ess_threshold * num) & in_range
+    do_resample = (ess < ess_threshold * num) & in_range & ~last
+    k_res, k_move = jax.random.split(key)
     state, acc = jax.lax.cond(do_resample, resample_and_rejuvenate, no_resample,
                               state, k_res, s_cur)
-    # 2. Euler–Maruyama proposal M_k(x'|x) = N(x'; x + Δ_k b_k(x), Δ_k I).
+    # 2. Euler–Maruyama proposal M_k(x'|x) = N(x'; x + Δ b_k(x), Δ I), Δ = Δ_k / s; at k = K
+    #    a dummy move (Δ = 1), discarded.
     x = state.particles
-    delta = s_cur**2 - s_next**2
+    delta = jnp.where(last, 1.0, (s_cur**2 - s_next**2) / scale)
     if drift_fn is None:
       drift = -state.drift_grad
     else:
       drift = over_particles(drift_fn)(x, s_cur)
     mean = x + delta * drift
     x_new = mean + jnp.sqrt(delta) * jax.random.normal(k_move, x.shape, x.dtype)
-    # 3. reweight with G_{k+1}.
-    u_new, g_new, e_new = evaluate(x_new, s_next)
-    inc = log_increment(x, x_new, mean, delta, state.potential, u_new, state.base_energy, e_new)
-    log_w = sanitize(state.log_weights + inc, x_new)
-    new_state = constrain(SMCState(x_new, log_w, state.log_Z, u_new, g_new, e_new))
-    return new_state, SMCInfo(s_cur, ess, do_resample, acc, invalid)
+    log_backward, log_proposal = kernel_terms(x, x_new, mean, delta)
+    pending = _Pending(state.potential, state.base_energy, log_backward, log_proposal)
+    out = _Carry(jnp.where(last, x, x_new), state.log_weights, state.log_Z, pending)
+    return constrain(out), SMCInfo(s_cur, ess, do_resample, acc, invalid)
 
   num_levels = sigmas.shape[0] - 1
-  state, info = jax.lax.scan(
-      level, state, (jax.random.split(k_steps, num_levels), sigmas[:-1], sigmas[1:]))
+  keys = jax.random.split(k_steps, num_levels)
+  carry, info = jax.lax.scan(
+      level, carry, (jnp.concatenate([keys, keys[:1]]), sigmas, jnp.append(sigmas[1:], sigmas[-1]),
+                     jnp.arange(num_levels + 1)))
+  info = jax.tree.map(lambda a: a[:-1], info)      # levels σ_0 … σ_{K−1}
 
   # ---- end ----------------------------------------------------------------------------------
-  lw = state.log_weights
+  lw = carry.log_weights                            # complete at σ_K
   final_invalid = resampling_lib.all_weights_invalid(lw)
-  log_Z = state.log_Z + jax.nn.logsumexp(lw) - math.log(num)
+  log_Z = carry.log_Z + jax.nn.logsumexp(lw) - math.log(num)
   final_ess = resampling_lib.ess(lw)
-  x = state.particles
+  x = carry.particles
   if final_resample:
     idx = resample_fn(k_final, lw, num)
     x, lw = x[idx], jnp.zeros_like(lw)

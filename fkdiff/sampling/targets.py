@@ -9,6 +9,11 @@ The SMC sampler uses ``U_k(x) = U(x, σ_k)`` as the k-th intermediate target
 (at small ``σ_K`` this is, to ``O(σ_K²)``, the density listed under "Final target" in each
 docstring, whose ``p`` stands for the model's ``p_0``; exactly, ``p`` is ``p_{σ_K}``).
 
+Each target records its **potential scale** ``s`` (``U ≈ s E``: β for :func:`tempered`, ``Σ w_i``
+for :func:`product`), read with :func:`scale_of`; :func:`fkdiff.sampling.smc_sample` matches its
+start and kernels to it (see its ``potential_scale``). Plain energies have ``s = 1``; the OR and
+NOT targets report 1.
+
 Energies need only be defined up to an additive gauge ``c(σ)`` (METHOD.md §2): it cancels in
 the self-normalised SMC weights, but not in ``log Ẑ``; :func:`tempered` multiplies it by β,
 and :func:`disjunction` (OR) needs normalised or gauge-consistent energies to mean what it says.
@@ -36,6 +41,19 @@ def _check_concrete_positive(name: str, value) -> None:
     raise ValueError(f"{name} must be > 0, got {v}.")
 
 
+def scale_of(potential: EnergyFn):
+  """The potential scale ``s`` a target records (``U ≈ s E``); 1 for any other callable."""
+  return getattr(potential, "potential_scale", 1.0)
+
+
+def _with_scale(potential: EnergyFn, scale) -> EnergyFn:
+  """``potential`` recording ``scale`` (a non-positive scale, e.g. a product with negative
+  weights summing to ≤ 0, is recorded as 1)."""
+  potential.potential_scale = scale if isinstance(scale, (int, float)) and scale > 0 else (
+      1.0 if isinstance(scale, (int, float)) else jnp.where(scale > 0, scale, 1.0))
+  return potential
+
+
 def _weights(weights, num: int, name: str = "weights") -> Array:
   if weights is None:
     return jnp.ones((num,), jnp.float32)
@@ -57,7 +75,7 @@ def tempered(energy_fn: EnergyFn, beta) -> EnergyFn:
 
   def potential(x, sigma):
     return beta * energy_fn(x, sigma)
-  return potential
+  return _with_scale(potential, beta * scale_of(energy_fn))
 
 
 def product(energy_fns: Sequence[EnergyFn], weights=None) -> EnergyFn:
@@ -72,7 +90,7 @@ def product(energy_fns: Sequence[EnergyFn], weights=None) -> EnergyFn:
 
   def potential(x, sigma):
     return sum(w[i] * e(x, sigma) for i, e in enumerate(energy_fns))
-  return potential
+  return _with_scale(potential, sum(w[i] * scale_of(e) for i, e in enumerate(energy_fns)))
 
 
 def conditional_and(uncond_energy_fn: EnergyFn, cond_energy_fns: Sequence[EnergyFn],
@@ -93,7 +111,9 @@ def conditional_and(uncond_energy_fn: EnergyFn, cond_energy_fns: Sequence[Energy
   def potential(x, sigma):
     e0 = uncond_energy_fn(x, sigma)
     return e0 + sum(w[i] * (e(x, sigma) - e0) for i, e in enumerate(cond_energy_fns))
-  return potential
+  s0 = scale_of(uncond_energy_fn)
+  return _with_scale(potential, s0 + sum(w[i] * (scale_of(e) - s0)
+                                         for i, e in enumerate(cond_energy_fns)))
 
 
 def disjunction(energy_fns: Sequence[EnergyFn], weights=None) -> EnergyFn:
@@ -153,7 +173,7 @@ def bounded_soft(energy_fn: EnergyFn, lower, upper,
 
   def potential(x, sigma):
     return energy_fn(x, sigma) + schedule(sigma) * box_sq_distance(x, lower, upper)
-  return potential
+  return _with_scale(potential, scale_of(energy_fn))
 
 
 def bounded_hard(energy_fn: EnergyFn, lower, upper, sigma_on) -> EnergyFn:
@@ -179,7 +199,7 @@ def bounded_hard(energy_fn: EnergyFn, lower, upper, sigma_on) -> EnergyFn:
     active = sigma <= sigma_on
     e = energy_fn(x, sigma)
     return jnp.where(inside | ~active, e, jnp.inf)
-  return potential
+  return _with_scale(potential, scale_of(energy_fn))
 
 
 def tweedie_denoiser(energy_fn: EnergyFn) -> Callable[[Array, Array], Array]:
@@ -204,4 +224,4 @@ def reward_tilt(energy_fn: EnergyFn, reward_fn: Callable[[Array], Array], streng
 
   def potential(x, sigma):
     return energy_fn(x, sigma) - strength * reward_fn(denoise_fn(x, sigma))
-  return potential
+  return _with_scale(potential, scale_of(energy_fn))
