@@ -31,13 +31,23 @@ def parse_variant(variant: str, tasks=("teacher", "distill", "fid")):
 
 
 def as_distill(config, learning_rate: float, num_steps: int):
-  """The distillation config of a teacher config: same data and architecture.
+  """The distillation config of a teacher config: same data and architecture, no dropout.
 
   Rematerialisation stays off: on an H200 (cifar10) it cut a step's memory only from 27 to
   21.6 GiB for twice the step time. ``energy.remat`` / ``model.unet.remat_blocks`` switch it on
   (the parameter tree is unchanged: the teacher's weights still fit).
+
+  Dropout [choice]: off (``model.unet.dropout = 0``) for the student, whatever the teacher's rate
+  (it is compute-only: the teacher's weights fit either way; the teacher itself is always
+  evaluated without dropout). Dropout regularises DSM against memorising the finite training set
+  through its noisy targets ``x_0``; the distillation target is the teacher's deterministic,
+  already regularised denoiser, so that pressure is much weaker, and with dropout the loss would
+  fit the student's thinned networks (plus their variance) rather than project the teacher onto
+  the deterministic student that is sampled from. EDM never distilled, so there is no reference
+  rate; ``--config.model.unet.dropout=<rate>`` turns it on.
   """
   config.task = "distill"
+  config.model.unet.dropout = 0.0
   config.optim.learning_rate = learning_rate
   config.training.num_steps = num_steps
   config.optim.warmup_steps = 1000

@@ -231,3 +231,85 @@ def test_remat_blocks_is_not_an_architecture_change(tmp_path):
   student.model.width = 2 * teacher.model.width
   with pytest.raises(checkpoint.CheckpointError, match="model.width"):
     checkpoint.check_compatible(str(tmp_path), student)
+
+
+def _teacher_run(workdir, config, params, drop_keys=()):
+  """A finished teacher run in ``workdir``: its ``config.json`` (without the dotted ``drop_keys``,
+  as written before they existed) and a checkpoint of ``params`` (also as the EMA)."""
+  import json
+  import os
+  import orbax.checkpoint as ocp
+  from fkdiff.training import checkpoint
+  saved = json.loads(config.to_json())
+  for key in drop_keys:
+    *parents, leaf = key.split(".")
+    section = saved
+    for name in parents:
+      section = section[name]
+    del section[leaf]
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, checkpoint.CONFIG_FILE), "w") as f:
+    json.dump(saved, f)
+  manager = checkpoint.make_manager(str(workdir), keep=1, every=1)
+  manager.save(1, args=ocp.args.StandardSave(
+      {"step": np.int32(1), "params": params, "ema_params": params}))
+  manager.wait_until_finished()
+  manager.close()
+  return str(workdir)
+
+
+def _student(get_config, teacher_workdir, dropout, **model):
+  """The cifar10 ``distill,smoke`` config of the teacher run in ``teacher_workdir``."""
+  config = get_config("distill,smoke")
+  config.teacher.workdir = teacher_workdir
+  config.model.unet.dropout = dropout
+  config.model.update(model)
+  return config
+
+
+def test_dropout_is_compute_only_for_distillation(tmp_path):
+  """A teacher trained with dropout 0.13 (cifar10 smoke U-Net) initialises a student at another
+  rate (dropout is no architecture change), and so does a teacher run saved before the setting
+  existed (no ``model.unet.dropout`` in its ``config.json``: rate 0). The teacher's targets are
+  deterministic: at the same student parameters, batch and key, the distillation loss is the same
+  bit for bit whatever rate the teacher was trained with; the student's own dropout changes it."""
+  import os
+  from conftest import ROOT
+  from fkdiff import models
+  from fkdiff.data.pipeline import DataSource
+  from fkdiff.training import tasks
+  from fkdiff.training.config import config_module
+  get_config = config_module(os.path.join(ROOT, "configs", "cifar10.py")).get_config
+  teacher = get_config("teacher,smoke")
+  assert teacher.model.unet.dropout == 0.13 and get_config("distill").model.unet.dropout == 0.0
+  # Random teacher weights (no zero-initialised branch), drawn with NumPy: no compiling.
+  rng = np.random.default_rng(0)
+  backbone = models.get_backbone(teacher.model)
+  t_params = jax.tree.map(lambda p: (0.3 * rng.standard_normal(p.shape)).astype(np.float32),
+                          jax.eval_shape(backbone.init, jax.random.key(0), jnp.zeros((8, 8, 3)),
+                                         jnp.zeros(())))
+  runs = {"dropout": _teacher_run(tmp_path / "t_dropout", teacher, t_params),
+          "old": _teacher_run(tmp_path / "t_old", teacher, t_params, ["model.unet.dropout"])}
+  old_config = tasks.load_teacher(_student(get_config, runs["old"], 0.0))[0]
+  assert "dropout" not in old_config.model.unet and tasks.dropout_rate(old_config.model) == 0.0
+  tasks.run_denoiser(old_config)      # a pre-dropout run still gives its sampling denoiser.
+
+  data = DataSource(sample=None, event_shape=(8, 8, 3), sigma_data=0.5)
+  students = {name: tasks.distill_task(_student(get_config, runs[teacher_run], rate), data)
+              for name, teacher_run, rate in [("t_dropout", "dropout", 0.0),
+                                             ("t_old", "old", 0.0),
+                                             ("student_dropout", "dropout", 0.05)]}
+  s_params = jax.jit(students["student_dropout"].init_params)(jax.random.key(1))
+  jax.tree.map(np.testing.assert_array_equal, s_params["params"]["backbone"], t_params["params"])
+  batch = {"x": rng.uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32),
+           "label": np.array([0, 3, 9, 10])}
+  fast = {"cpu": {"xla_backend_optimization_level": 0}}.get(jax.default_backend())
+  losses = jax.jit(lambda p, key: {name: t.loss_fn(p, batch, key, t.frozen)[0]
+                                   for name, t in students.items()},
+                   compiler_options=fast)(s_params, jax.random.key(2))
+  assert np.isfinite(losses["t_dropout"]), losses
+  assert float(losses["t_dropout"]) == float(losses["t_old"]), losses
+  assert abs(float(losses["student_dropout"]) - float(losses["t_dropout"])) > \
+      1e-4 * float(losses["t_dropout"]), losses
+  with pytest.raises(ValueError, match="model.width: teacher 8, student 16"):   # still checked.
+    tasks.load_teacher(_student(get_config, runs["dropout"], 0.0, width=16))

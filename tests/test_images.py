@@ -25,6 +25,9 @@ from fkdiff.training.config import config_module
 INIT_KEY = jax.random.key(1, impl="rbg")
 TINY = dict(width=8, depth=1, emb_dim=16, channel_mult=(1, 2), attn_resolutions=(4,),
             zero_init_output=False, zero_init_residual=False)
+# Compiling without XLA's backend optimisations: a U-Net training step compiles in ~7 s instead
+# of ~18 s on a CPU (the tests' run time does not matter).
+_FAST_COMPILE = {"cpu": {"xla_backend_optimization_level": 0}}.get(jax.default_backend())
 
 
 def _config(filename, variant):
@@ -74,6 +77,71 @@ def test_unet_attributes_and_remat_keep_values_and_parameter_paths():
   np.testing.assert_allclose(plain, rematted, atol=1e-5)
   np.testing.assert_allclose(none, null, atol=1e-6)
   assert not np.allclose(plain, other, atol=1e-3)
+
+
+def test_unet_dropout_needs_a_key_and_differs_per_key_and_example():
+  """Dropout (rate 0.3) changes the output only in a ``deterministic=False`` call with a key,
+  differently per key and per example; without a key the output is bit-identical to rate 0's
+  with the same parameters (the parameter tree does not depend on the rate)."""
+  one_level = {**TINY, "channel_mult": (1,), "attn_resolutions": ()}
+  net, plain = models.UNet(dropout=0.3, **one_level), models.UNet(**one_level)
+  y = jax.random.normal(jax.random.key(0), (8, 8, 1))
+  params = jax.jit(plain.init)(INIT_KEY, y, 0.0)
+  assert jax.tree.structure(params) == jax.tree.structure(jax.eval_shape(net.init, INIT_KEY, y,
+                                                                         0.0))
+  denoise = models.make_denoiser(net, 0.5)
+  k1, k2 = jax.random.key(1), jax.random.key(2)
+  drop = lambda k: net.apply(params, y, 0.3, deterministic=False, rngs={"dropout": k})
+
+  @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+  def outputs(params):
+    return dict(
+        rate0=plain.apply(params, y, 0.3), no_key=net.apply(params, y, 0.3), k1=drop(k1),
+        k2=drop(k2),
+        # Two copies of one example with per-example keys, as the losses vmap the denoiser.
+        pair=jax.vmap(denoise, in_axes=(None, 0, None, None, 0))(
+            params, jnp.stack([y, y]), 0.8, None, jax.random.split(k1, 2)))
+
+  out = {k: np.asarray(v) for k, v in outputs(params).items()}
+  np.testing.assert_array_equal(out["no_key"], out["rate0"])
+  assert np.abs(out["k1"] - out["rate0"]).max() > 1e-2
+  assert np.abs(out["k1"] - out["k2"]).max() > 1e-2
+  assert np.abs(out["pair"][0] - out["pair"][1]).max() > 1e-2
+  with pytest.raises(ValueError, match="dropout must be in"):
+    models.UNet(dropout=1.0, **one_level).apply(params, y, 0.3)
+
+
+def test_resblock_dropout_sits_after_the_second_norm_and_silu_before_the_last_conv():
+  """EDM's position, read off the inputs and outputs of the layers of one residual block."""
+  import flax.linen as nn
+  block = models.unet.ResBlock(8, zero_init=False, dropout=0.5, deterministic=False)
+  x = jax.random.normal(jax.random.key(0), (1, 4, 4, 8))
+  emb = jax.random.normal(jax.random.key(1), (1, 32))
+
+  @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+  def layers(x, emb):
+    params = block.init({"params": INIT_KEY, "dropout": INIT_KEY}, x, emb)
+    seen = {}
+
+    def record(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if context.method_name == "__call__" and context.module.name:
+        seen[context.module.name] = (args[0], out)
+      return out
+
+    with nn.intercept_methods(record):
+      block.apply(params, x, emb, rngs={"dropout": jax.random.key(4)})
+    return seen
+
+  seen = layers(x, emb)
+  assert {"GroupNorm_1", "Dropout_0", "Conv_1"} <= set(seen), sorted(seen)
+  dropped_in, dropped_out = (np.asarray(a) for a in seen["Dropout_0"])
+  np.testing.assert_allclose(dropped_in, jax.nn.silu(seen["GroupNorm_1"][1]), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(seen["Conv_1"][0]), dropped_out)
+  zeroed = np.mean(dropped_out == 0)
+  assert 0.3 < zeroed < 0.7, zeroed                       # rate 0.5, on 128 values.
+  kept = dropped_out != 0
+  np.testing.assert_allclose(dropped_out[kept], 2 * dropped_in[kept], rtol=1e-6)
 
 
 def test_full_size_architectures_build(monkeypatch):
@@ -172,6 +240,61 @@ def test_image_teacher_configs_train_one_step(filename, data, tmp_path):
     assert batch["label"].shape == (8, 40)
   if filename == "ffhq64.py":
     assert "label" not in batch
+
+
+def test_cifar10_teacher_takes_finite_steps_with_dropout():
+  """The CIFAR-10 teacher with EDM's dropout 0.13 (smoke sizes, mock data): two production
+  training steps (the 2nd moves the zero-initialised convs that dropout feeds) are finite."""
+  import tensorflow_datasets as tfds
+  from fkdiff.training.train import make_trainer
+  assert _config("cifar10.py", "teacher").model.unet.dropout == 0.13
+  config = _config("cifar10.py", "teacher,smoke")
+  assert config.model.unet.dropout == 0.13          # the smoke variant keeps it.
+  with tfds.testing.mock_data(num_examples=16):
+    trainer = make_trainer(config)
+    state = trainer.make_state(trainer.init_key)
+    step_fn = jax.jit(trainer.step_body, compiler_options=_FAST_COMPILE)   # = trainer.step_fn
+    for step in range(2):
+      state, metrics = step_fn(state, trainer.make_batch(step), trainer.task.frozen)
+      assert np.isfinite(metrics.compute()["loss"]), step
+  assert int(state.step) == 2
+  assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(state.params))
+
+
+@pytest.mark.parametrize("task_name", ["teacher", "energy_dsm"])
+def test_dropout_acts_in_the_training_loss_only(task_name):
+  """At the same random parameters, batch and key, the loss of a task with dropout 0.13 differs
+  from the same task's at rate 0; its ``denoise_fn`` and ``energy_fn`` (sampling, evaluation) are
+  bit-identical to rate 0's."""
+  from fkdiff.data.pipeline import DataSource
+  from fkdiff.training.tasks import build_task
+  config = _config("cifar10.py", "teacher,smoke")
+  config.task = task_name
+  rate0 = config.copy_and_resolve_references()
+  rate0.model.unet.dropout = 0.0
+  data = DataSource(sample=None, event_shape=(8, 8, 3), sigma_data=0.5)
+  tasks = [build_task(c, data) for c in (config, rate0)]
+
+  # Random parameters (no zero-initialised branch hides dropout), drawn with NumPy: no compiling.
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: (0.3 * rng.standard_normal(p.shape)).astype(np.float32),
+                        jax.eval_shape(tasks[0].init_params, INIT_KEY))
+  x = rng.uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
+  batch = {"x": x, "label": np.array([0, 3, 9, 10])}
+
+  @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+  def evaluate(params, key):
+    losses = [t.loss_fn(params, batch, key, None)[0] for t in tasks]
+    outs = [t.denoise_fn(params, x[0], 0.5) if t.energy_fn is None else
+            t.energy_fn(params, x[0], 0.5) for t in tasks]   # an energy's denoiser is its grad.
+    return losses, outs
+
+  (loss, loss_rate0), (out, out_rate0) = evaluate(params, jax.random.key(7))
+  assert np.isfinite(loss) and np.isfinite(loss_rate0)
+  # Float-rounding differences would be ~1e-7 relative; the same computation gives exactly 0.
+  assert abs(float(loss) - float(loss_rate0)) > 1e-4 * float(loss_rate0), (loss, loss_rate0)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), out,
+               out_rate0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from fkdiff.losses.dsm import noisy_batch, weighted_sq_error
+from fkdiff.losses.dsm import example_keys, noisy_batch, vmap_denoiser, weighted_sq_error
 
 Array = jax.Array
 
@@ -23,28 +23,33 @@ def make_distill_loss(student_denoise_fn: Callable, teacher_denoise_fn: Callable
                       sigma_data: float, p_mean: float = -1.2, p_std: float = 1.2) -> Callable:
   """The conservative projection loss.
 
+  Dropout: the teacher is always evaluated deterministically (it gets no key): the target must
+  be the teacher's actual denoiser, the network that is sampled from, not a thinned random
+  version of it. The student gets per-example dropout keys when ``loss_fn`` is given a
+  ``dropout_key`` (its config's dropout rate > 0), as in DSM training.
+
   Args:
-    student_denoise_fn: ``(params, x, σ, label) -> D^E`` per example (the energy's
-      ``x − σ²∇E``, e.g. ``lambda p, x, s, label=None: energy.denoiser(model, p, x, s, label)``).
+    student_denoise_fn: ``(params, x, σ, label[, dropout_key]) -> D^E`` per example (the energy's
+      ``x − σ²∇E``, e.g. :func:`fkdiff.models.energy.denoiser` bound to its model).
     teacher_denoise_fn: ``(x, σ, label) -> D_T`` per example, frozen: close over its parameters;
       its output is wrapped in ``stop_gradient`` (no gradient flows to it).
     sigma_data: σ_d of the loss weight ``λ(σ)``.
     p_mean, p_std: log-normal σ sampling (EDM).
   Returns:
-    ``loss_fn(params, batch, key) -> (loss, aux)`` with ``batch = {'x': (B, *event), 'label': (B,)
-    optional}``; ``aux`` has per-example ``(B,)`` arrays ``sigma``, ``loss`` and
-    ``score_rel_err2 = ‖s_E − s_T‖² / ‖s_T‖²`` (relative squared score error to the teacher; the
-    ``σ⁴`` of ``s = (D − x)/σ²`` cancels), for logging per σ bin.
+    ``loss_fn(params, batch, key, dropout_key=None) -> (loss, aux)`` with ``batch = {'x':
+    (B, *event), 'label': (B,) optional}``; ``aux`` has per-example ``(B,)`` arrays ``sigma``,
+    ``loss`` and ``score_rel_err2 = ‖s_E − s_T‖² / ‖s_T‖²`` (relative squared score error to the
+    teacher; the ``σ⁴`` of ``s = (D − x)/σ²`` cancels), for logging per σ bin.
   """
 
-  def loss_fn(params, batch, key):
+  def loss_fn(params, batch, key, dropout_key=None):
     x0, label = batch["x"], batch.get("label")
     x_sigma, sigma = noisy_batch(key, x0, p_mean, p_std)
     label_axis = None if label is None else 0
-    target = jax.lax.stop_gradient(
+    target = jax.lax.stop_gradient(     # deterministic: no dropout key for the teacher.
         jax.vmap(teacher_denoise_fn, in_axes=(0, 0, label_axis))(x_sigma, sigma, label))
-    pred = jax.vmap(student_denoise_fn, in_axes=(None, 0, 0, label_axis))(
-        params, x_sigma, sigma, label)
+    pred = vmap_denoiser(student_denoise_fn, params, x_sigma, sigma, label,
+                         example_keys(dropout_key, x0.shape[0]))
     per_example = weighted_sq_error(pred, target, sigma, sigma_data)
     flat = lambda a: a.reshape(a.shape[0], -1)
     rel = jnp.sum(flat(pred - target)**2, -1) / jnp.maximum(

@@ -45,11 +45,27 @@ def backbone_kwargs(model_config: ml_collections.ConfigDict):
   return name, kwargs
 
 
-def make_denoiser(backbone: nn.Module, sigma_data: float) -> Callable:
-  """EDM denoiser ``denoise_fn(params, x, σ, label=None) -> D(x, σ)`` for one example."""
+def apply_backbone(backbone: nn.Module, params, y: Array, c_noise: Array,
+                   label: Optional[Array] = None, dropout_key: Optional[Array] = None) -> Array:
+  """``backbone.apply(params, y, c_noise, label)``; with a ``dropout_key``, the training call
+  ``deterministic=False, rngs={'dropout': dropout_key}`` (dropout as the backbone's rate sets)."""
+  if dropout_key is None:
+    return backbone.apply(params, y, c_noise, label)
+  return backbone.apply(params, y, c_noise, label, deterministic=False,
+                        rngs={"dropout": dropout_key})
 
-  def denoise_fn(params, x: Array, sigma: Array, label: Optional[Array] = None) -> Array:
-    net = lambda y, c_noise: backbone.apply(params, y, c_noise, label)
+
+def make_denoiser(backbone: nn.Module, sigma_data: float) -> Callable:
+  """EDM denoiser ``denoise_fn(params, x, σ, label=None, dropout_key=None) -> D(x, σ)`` for one
+  example.
+
+  Deterministic unless a ``dropout_key`` is given (training losses only): then the backbone's
+  dropout (``model.unet.dropout``) is applied with masks drawn from that key.
+  """
+
+  def denoise_fn(params, x: Array, sigma: Array, label: Optional[Array] = None,
+                 dropout_key: Optional[Array] = None) -> Array:
+    net = lambda y, c_noise: apply_backbone(backbone, params, y, c_noise, label, dropout_key)
     return edm.edm_denoiser(net, x, sigma, sigma_data)
 
   return denoise_fn

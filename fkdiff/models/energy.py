@@ -43,8 +43,11 @@ EnergyFn = Callable[[Array, Array], Array]
 PARAMETERIZATIONS = ("thornton", "autoencoder", "norm")
 
 
-def _call_backbone(backbone: nn.Module, y: Array, c_noise: Array, label: Optional[Array]):
-  return backbone(y, c_noise, label)
+def _call_backbone(backbone: nn.Module, y: Array, c_noise: Array, label: Optional[Array],
+                   deterministic: bool):
+  if deterministic:   # the plain call: any backbone ``h(y, c_noise, label)`` works.
+    return backbone(y, c_noise, label)
+  return backbone(y, c_noise, label, deterministic=False)
 
 
 class EnergyModel(nn.Module):
@@ -58,6 +61,11 @@ class EnergyModel(nn.Module):
     remat: wrap the backbone call in ``jax.checkpoint`` (``nn.remat``): its activations are
       recomputed in the backward pass instead of stored. Training through ``∇_x E`` is second-order
       autodiff; on large backbones this trades ~one more forward pass for memory. Same values.
+
+  Dropout: the backbone's own (e.g. ``UNet.dropout``), applied only in ``deterministic=False``
+  calls with a ``'dropout'`` PRNG key (``dropout_key`` of :func:`energy` and the functions built on
+  it: training losses). The mask depends on the key only, so within one call it is fixed and
+  ``∇_x E`` is the gradient of one (thinned) energy.
   """
   backbone: nn.Module
   sigma_data: float
@@ -69,12 +77,17 @@ class EnergyModel(nn.Module):
       raise ValueError(f"Unknown energy parameterization {self.parameterization!r}; choose one "
                        f"of {PARAMETERIZATIONS}.")
 
-  def __call__(self, x: Array, sigma: Array, label: Optional[Array] = None) -> Array:
-    """``x``: one example, any event shape; ``sigma``: scalar; returns a scalar energy."""
+  def __call__(self, x: Array, sigma: Array, label: Optional[Array] = None,
+               deterministic: bool = True) -> Array:
+    """``x``: one example, any event shape; ``sigma``: scalar; returns a scalar energy.
+
+    ``deterministic=False`` turns the backbone's dropout on (needs ``rngs={'dropout': key}``).
+    """
     p = edm.preconditioning(sigma, self.sigma_data)
     y = p.c_in * x
-    call = nn.remat(_call_backbone) if self.remat else _call_backbone
-    h = call(self.backbone, y, p.c_noise, label)
+    # deterministic is a Python bool: static under jax.checkpoint (argument 4, the module is 0).
+    call = nn.remat(_call_backbone, static_argnums=(4,)) if self.remat else _call_backbone
+    h = call(self.backbone, y, p.c_noise, label, deterministic)
     gauss = 0.5 * jnp.sum(y**2)                    # = ‖x‖² / (2(σ²+σ_d²))
     scale = self.sigma_data / sigma                # puts h at the EDM output scale c_out.
     if self.parameterization == "thornton":
@@ -85,28 +98,35 @@ class EnergyModel(nn.Module):
 
 
 def energy(model: EnergyModel, params: Any, x: Array, sigma: Array,
-           label: Optional[Array] = None) -> Array:
-  """``E(x, σ[, label])`` for one example ``x`` (event shape) and scalar σ; returns ``()``."""
-  return model.apply(params, x, sigma, label)
+           label: Optional[Array] = None, dropout_key: Optional[Array] = None) -> Array:
+  """``E(x, σ[, label])`` for one example ``x`` (event shape) and scalar σ; returns ``()``.
+
+  Deterministic unless a ``dropout_key`` is given (training losses only): then the backbone's
+  dropout is applied with masks drawn from that key. The same holds for :func:`energy_and_score`,
+  :func:`score` and :func:`denoiser`.
+  """
+  if dropout_key is None:
+    return model.apply(params, x, sigma, label)
+  return model.apply(params, x, sigma, label, deterministic=False, rngs={"dropout": dropout_key})
 
 
 def energy_and_score(model: EnergyModel, params: Any, x: Array, sigma: Array,
-                     label: Optional[Array] = None):
+                     label: Optional[Array] = None, dropout_key: Optional[Array] = None):
   """``(E, −∇_x E)`` in one ``jax.value_and_grad`` pass; shapes ``()`` and like ``x``."""
-  value, grad = jax.value_and_grad(energy, argnums=2)(model, params, x, sigma, label)
+  value, grad = jax.value_and_grad(energy, argnums=2)(model, params, x, sigma, label, dropout_key)
   return value, -grad
 
 
 def score(model: EnergyModel, params: Any, x: Array, sigma: Array,
-          label: Optional[Array] = None) -> Array:
+          label: Optional[Array] = None, dropout_key: Optional[Array] = None) -> Array:
   """Score ``−∇_x E(x, σ)``, shaped like ``x``."""
-  return -jax.grad(energy, argnums=2)(model, params, x, sigma, label)
+  return -jax.grad(energy, argnums=2)(model, params, x, sigma, label, dropout_key)
 
 
 def denoiser(model: EnergyModel, params: Any, x: Array, sigma: Array,
-             label: Optional[Array] = None) -> Array:
+             label: Optional[Array] = None, dropout_key: Optional[Array] = None) -> Array:
   """Denoiser ``D = x − σ² ∇_x E``, shaped like ``x``."""
-  return x + sigma**2 * score(model, params, x, sigma, label)
+  return x + sigma**2 * score(model, params, x, sigma, label, dropout_key)
 
 
 def bind(model: EnergyModel, params: Any, label: Optional[Array] = None) -> EnergyFn:

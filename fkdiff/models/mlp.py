@@ -48,8 +48,14 @@ class MLP(nn.Module):
   zero_init_output: bool = True
 
   @nn.compact
-  def __call__(self, y: Array, c_noise: Array, label: Optional[Array] = None) -> Array:
-    """``y``: ``(..., d)``; ``c_noise``: ``(...)`` or scalar; ``label``: ``(...)`` ints or None."""
+  def __call__(self, y: Array, c_noise: Array, label: Optional[Array] = None,
+               deterministic: bool = True) -> Array:
+    """``y``: ``(..., d)``; ``c_noise``: ``(...)`` or scalar; ``label``: ``(...)`` ints or None.
+
+    ``deterministic`` is the backbones' common dropout switch (see :class:`fkdiff.models.UNet`);
+    the MLP has no dropout, so its output is the same either way.
+    """
+    del deterministic
     emb = fourier_embedding(jnp.broadcast_to(c_noise, y.shape[:-1]), self.emb_dim)
     emb = nn.Dense(self.width)(nn.silu(nn.Dense(self.width)(emb)))
     if self.num_classes > 0:

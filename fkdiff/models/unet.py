@@ -12,7 +12,15 @@ resolution level ``i`` ``depth`` residual blocks with ``width · channel_mult[i]
 downsampling conv; a middle block (res, attention, res); the mirror-image decoder with
 ``depth + 1`` blocks per level that consume the encoder's skip activations, nearest-neighbour
 upsampling + conv; GroupNorm, SiLU and a zero-initialised 3×3 output conv (so ``F ≡ 0`` at
-initialisation, like the MLP). Residual sums are scaled by ``1/√2``. No dropout (yet).
+initialisation, like the MLP). Residual sums are scaled by ``1/√2``.
+
+Dropout (``dropout`` = rate, EDM/DDPM++): inside every residual block, after the second
+GroupNorm + SiLU and before the second conv (EDM: 0.13 on CIFAR-10, 0.05 on FFHQ-64, 0.25 on
+AFHQv2-64, 0.10 on ImageNet-64); none in the attention blocks. It is applied only when the call says
+``deterministic=False`` and supplies a ``'dropout'`` PRNG key (``apply(..., deterministic=False,
+rngs={'dropout': key})``: training losses); the default call is deterministic, the network used
+for sampling and evaluation. Dropout has no parameters: the parameter tree is the same whatever
+the rate, and with ``deterministic=True`` (or rate 0) the output is exactly that of rate 0.
 
 Conditioning (the embedding added in every residual block):
 - noise: sinusoidal embedding of ``c_noise`` (:func:`fkdiff.models.mlp.fourier_embedding`) → MLP;
@@ -66,9 +74,13 @@ def _norm(channels: int) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-  """``(x + conv(silu(GN(conv(silu(GN x))) + Dense(emb)))) / √2``, 1×1 skip conv if C changes."""
+  """``(x + conv(drop(silu(GN(conv(silu(GN x)) + Dense(emb)))))) / √2``, 1×1 skip conv if C
+  changes; ``drop`` is dropout at rate ``dropout`` unless ``deterministic`` (EDM's position)."""
   channels: int
   zero_init: bool = True   # last conv starts at 0: the block starts as the identity (skip).
+  dropout: float = 0.0
+  # An attribute, not a call argument: static under nn.remat (jax.checkpoint traces call args).
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x: Array, emb: Array) -> Array:
@@ -76,6 +88,7 @@ class ResBlock(nn.Module):
     h = nn.Conv(self.channels, (3, 3))(nn.silu(_norm(x.shape[-1])(x)))
     h = h + nn.Dense(self.channels)(emb)[:, None, None, :]
     h = nn.silu(_norm(self.channels)(h))
+    h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)   # rate 0: h unchanged.
     h = nn.Conv(self.channels, (3, 3), kernel_init=_init(self.zero_init))(h)
     if x.shape[-1] != self.channels:
       x = nn.Conv(self.channels, (1, 1))(x)
@@ -119,6 +132,8 @@ class UNet(nn.Module):
     zero_init_output: start with ``F ≡ 0``.
     zero_init_residual: start every residual/attention branch at 0 (DDPM++); ``False`` gives a
       random network whose output depends on the noise level and label (for tests).
+    dropout: dropout rate in every residual block (EDM's position, see the module docstring),
+      in ``[0, 1)``; applied only in ``deterministic=False`` calls.
   """
   width: int = 64
   depth: int = 2
@@ -131,6 +146,7 @@ class UNet(nn.Module):
   remat_blocks: bool = False
   zero_init_output: bool = True
   zero_init_residual: bool = True
+  dropout: float = 0.0
 
   def _embedding(self, c_noise: Array, label: Optional[Array], batch: int) -> Array:
     """The ``(B, 4C)`` conditioning embedding of the noise level and the label."""
@@ -151,14 +167,19 @@ class UNet(nn.Module):
     return nn.silu(emb)
 
   @nn.compact
-  def __call__(self, y: Array, c_noise: Array, label: Optional[Array] = None) -> Array:
+  def __call__(self, y: Array, c_noise: Array, label: Optional[Array] = None,
+               deterministic: bool = True) -> Array:
     """Args:
       y: ``(H, W, C)`` (one example) or ``(B, H, W, C)``.
       c_noise: scalar, or ``(B,)`` for a batch.
       label: ``None`` (∅); a class ``()``/``(B,)``; or attributes ``(A,)``/``(B, A)``.
+      deterministic: ``False`` applies dropout (if ``dropout > 0``), with masks drawn from the
+        ``'dropout'`` PRNG stream that ``apply(..., rngs={'dropout': key})`` must then supply.
     Returns:
       ``F``, shaped like ``y``.
     """
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"UNet dropout must be in [0, 1), got {self.dropout}.")
     single = y.ndim == 3
     if single:
       y = y[None]
@@ -172,7 +193,8 @@ class UNet(nn.Module):
                        f"for channel_mult={tuple(self.channel_mult)}.")
     emb = self._embedding(jnp.reshape(c_noise, (-1,)), label, y.shape[0])
     res_cls = functools.partial(nn.remat(ResBlock) if self.remat_blocks else ResBlock,
-                                zero_init=self.zero_init_residual)
+                                zero_init=self.zero_init_residual, dropout=self.dropout,
+                                deterministic=deterministic)
     attn_cls = functools.partial(nn.remat(AttentionBlock) if self.remat_blocks else AttentionBlock,
                                  zero_init=self.zero_init_residual)
 

@@ -16,9 +16,9 @@ import orbax.checkpoint as ocp
 CONFIG_FILE = "config.json"
 # Sections whose change makes an existing checkpoint incompatible with the run.
 _MODEL_KEYS = ("task", "model", "energy")
-# Rematerialisation changes how a step is computed, not the parameters: a run may resume with it
-# switched either way.
-_COMPUTE_ONLY_KEYS = ("model.unet.remat_blocks", "energy.remat")
+# Rematerialisation and dropout change how a step is computed, not the parameters: a run may
+# resume with them set either way (and a run saved before dropout existed has no such key).
+_COMPUTE_ONLY_KEYS = ("model.unet.remat_blocks", "energy.remat", "model.unet.dropout")
 
 
 class CheckpointError(RuntimeError):

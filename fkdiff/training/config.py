@@ -46,6 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.unet.num_heads = 1
   c.model.unet.num_attributes = 0   # > 0: multi-label attribute conditioning (celeb_a: 40).
   c.model.unet.remat_blocks = False # jax.checkpoint per block (memory for energy training).
+  c.model.unet.dropout = 0.0        # dropout rate in each residual block (EDM: 0.13 CIFAR-10),
+                                    # training losses only; no parameters (compute-only).
 
   c.energy = ml_collections.ConfigDict()      # used by 'distill' and 'energy_dsm'.
   c.energy.parameterization = "thornton"      # 'thornton', 'autoencoder', 'norm'.

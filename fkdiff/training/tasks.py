@@ -61,6 +61,22 @@ def drop_labels(batch: dict, key: Array, config: ml_collections.ConfigDict) -> d
   return {**batch, "label": jnp.where(drop, null, label)}
 
 
+def dropout_rate(model_config: ml_collections.ConfigDict) -> float:
+  """The backbone's dropout rate (``model.<name>.dropout``; 0 where the backbone or an older
+  run's ``config.json`` has none)."""
+  section = model_config.get(model_config.name)
+  return float(section.get("dropout", 0.0)) if section is not None else 0.0
+
+
+def loss_dropout_key(key: Array, config: ml_collections.ConfigDict) -> Optional[Array]:
+  """The dropout key of one training loss evaluation, derived from its step ``key``, or ``None``
+  (no dropout, the deterministic network: the exact computation of a model without dropout) when
+  the config's rate is 0. Only the losses of :func:`teacher_task`, :func:`energy_dsm_task` and
+  :func:`distill_task` (for the student) use it; every denoiser / energy a :class:`Task` exposes
+  for sampling and evaluation is deterministic."""
+  return jax.random.fold_in(key, 3) if dropout_rate(config.model) > 0 else None
+
+
 def with_label_dropout(loss_fn: Callable, config: ml_collections.ConfigDict) -> Callable:
   """``loss_fn(params, batch, key, frozen)`` on batches after :func:`drop_labels`."""
   def loss(params, batch, key, frozen):
@@ -69,7 +85,8 @@ def with_label_dropout(loss_fn: Callable, config: ml_collections.ConfigDict) -> 
 
 
 def teacher_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
-  """An EDM denoiser trained by denoising score matching (a 'teacher')."""
+  """An EDM denoiser trained by denoising score matching (a 'teacher'), with the backbone's
+  dropout in the loss (:func:`loss_dropout_key`); its ``denoise_fn`` is deterministic."""
   backbone = models.get_backbone(config.model)
   denoise = models.make_denoiser(backbone, data.sigma_data)
 
@@ -78,9 +95,8 @@ def teacher_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
 
   dsm = losses.make_dsm_loss(denoise, data.sigma_data, config.diffusion.p_mean,
                              config.diffusion.p_std)
-  return Task(init_params, with_label_dropout(lambda p, batch, key, frozen: dsm(p, batch, key),
-                                             config),
-              lambda p, x, s: denoise(p, x, s))
+  loss = lambda p, batch, key, frozen: dsm(p, batch, key, loss_dropout_key(key, config))
+  return Task(init_params, with_label_dropout(loss, config), lambda p, x, s: denoise(p, x, s))
 
 
 def _energy_model(config: ml_collections.ConfigDict, sigma_data: float):
@@ -93,12 +109,14 @@ def _energy_model(config: ml_collections.ConfigDict, sigma_data: float):
 
 
 def energy_dsm_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
-  """An energy trained from scratch by denoising score matching (the unstable baseline)."""
+  """An energy trained from scratch by denoising score matching (the unstable baseline), with
+  the backbone's dropout in the loss as for a teacher."""
   model, energy_fn, denoise = _energy_model(config, data.sigma_data)
   dsm = losses.make_dsm_loss(denoise, data.sigma_data, config.diffusion.p_mean,
                              config.diffusion.p_std)
+  loss = lambda p, batch, key, frozen: dsm(p, batch, key, loss_dropout_key(key, config))
   return Task(lambda key: model.init(key, jnp.zeros(data.event_shape), jnp.ones(())),
-              with_label_dropout(lambda p, batch, key, frozen: dsm(p, batch, key), config),
+              with_label_dropout(loss, config),
               lambda p, x, s: denoise(p, x, s), lambda p, x, s: energy_fn(p, x, s))
 
 
@@ -110,8 +128,9 @@ def _sigma_data(data_config: ml_collections.ConfigDict) -> float:
   return make_data_source(data_config).sigma_data
 
 
-# Backbone settings that change how a network is computed, not its parameters.
-_COMPUTE_ONLY = ("remat_blocks",)
+# Backbone settings that change how a network is computed, not its parameters: rematerialisation,
+# and dropout (no parameters; a teacher trained at one rate initialises a student at another).
+_COMPUTE_ONLY = ("remat_blocks", "dropout")
 
 
 def _architecture(model_config: ml_collections.ConfigDict):
@@ -155,6 +174,13 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
   The student uses the teacher's σ_d, starts from the teacher's weights when
   ``teacher.init_student``, and receives the teacher's parameters as ``frozen`` (never trained,
   never checkpointed with the student).
+
+  Dropout [choice]: the frozen teacher is always evaluated deterministically, whatever rate it
+  was trained with — the regression target must be the teacher's actual denoiser (the network
+  one samples from), not a randomly thinned one, and the logged asymmetry is that of the same
+  network. The student applies its own config's rate (``model.unet.dropout``, compute-only: it
+  may differ from the teacher's) in the loss only; its denoiser and energy for sampling and
+  evaluation are deterministic.
   """
   _, teacher_params, teacher_denoise, sigma_data = load_teacher(config)
   model, energy_fn, denoise = _energy_model(config, sigma_data)
@@ -169,7 +195,7 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
   def loss_fn(params, batch, key, frozen):
     teacher = lambda x, s, label=None: teacher_denoise(frozen, x, s, label)
     loss, aux = losses.make_distill_loss(denoise, teacher, sigma_data, d.p_mean, d.p_std)(
-        params, batch, key)
+        params, batch, key, loss_dropout_key(key, config))
     if config.teacher.log_asymmetry:
       # The same noisy points as the loss (same key), one random probe per example.
       x_sigma, sigma = losses.noisy_batch(key, batch["x"], d.p_mean, d.p_std)
