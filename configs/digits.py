@@ -15,8 +15,10 @@ teachers/, energies/, classifier/ (reused on relaunch), TensorBoard scalars.
 Expected time on 2 CPU cores: full ≈ 70 min measured on a shared machine (training 31 min:
 teachers ≈ 14 steps/s, distillation ≈ 3.5 steps/s; sampling 40 min); :smoke ≈ 3 min (quality
 meaningless). Measured figures (README, benchmarks/RESULTS.md): judge accuracy 0.94; SMC adherence
-1.00 at β ≥ 2 and AND "both" 0.90 vs 0.80 for the score sum, but SMC's 64 particles collapse to a
-few distinct samples per condition (weight degeneracy at 64 levels in 64 dimensions).
+1.00 at β ≥ 2 and AND "both" 0.80–0.90 (two sampling runs) vs 0.80 for the score sum, but SMC's
+64 particles collapse to a few distinct samples per condition: the distilled energy's values make
+the weights degenerate (more particles make it worse, more levels move the samples off the data:
+benchmarks/digits_particles.py).
 """
 
 from fkdiff.experiments.digits import job_config

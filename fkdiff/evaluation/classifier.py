@@ -110,8 +110,11 @@ def load(path: str, example_x, num_classes: int = 10) -> ClassifierRun:
   """Reads a classifier written by :func:`save` (``example_x``: one batch, for the shapes)."""
   import orbax.checkpoint as ocp
   model = Classifier(num_classes)
-  abstract = {"params": jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(example_x[:1])),
-              "test_accuracy": jax.ShapeDtypeStruct((), np.float32)}
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])   # not the saver's devices
+  shapes = {"params": jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(example_x[:1])),
+            "test_accuracy": jax.ShapeDtypeStruct((), np.float32)}
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          shapes)
   with ocp.StandardCheckpointer() as ckpt:
     tree = ckpt.restore(os.path.abspath(path), abstract)
   return ClassifierRun(model, tree["params"], float(tree["test_accuracy"]))

@@ -185,27 +185,29 @@ def get_classifier(config, workdir: str, train: dict, test: dict) -> classifier_
 
 
 def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
-  """Per (task, method) potential ``U(params, cond, x, σ)``; ``cond = (class, β)``.
+  """Per (task, method) target ``(params, cond) -> U(x, σ)``; ``cond = (class, β)``.
 
-  ``params`` is ``{model: parameters}`` (a jit argument); ``cond`` holds traced scalars.
+  ``params`` is ``{model: parameters}`` (a jit argument); ``cond`` holds traced scalars. Each
+  ``U`` is a :mod:`fkdiff.sampling.targets` potential and records its scale (β when tempered),
+  which ``smc_sample`` matches its kernels to.
   """
   cls, stroke = energies["class"], energies["stroke"]
 
   def e(model, params, label):
     return lambda x, s: model.fn(params, x, s, label)
 
-  def tempered(params, cond, x, s):
-    return targets.tempered(e(cls, params["class"], cond[0]), cond[1])(x, s)
+  def tempered(params, cond):
+    return targets.tempered(e(cls, params["class"], cond[0]), cond[1])
 
-  def guided(params, cond, x, s):
+  def guided(params, cond):
     return targets.conditional_and(e(cls, params["class"], cls.null),
                                    [e(cls, params["class"], cond[0])],
-                                   jnp.reshape(cond[1], (1,)))(x, s)
+                                   jnp.reshape(cond[1], (1,)))
 
-  def conjunction(params, cond, x, s):
+  def conjunction(params, cond):
     return targets.product([e(cls, params["class"], cond[0]),
                             e(stroke, params["stroke"], HEAVY),
-                            e(stroke, params["stroke"], stroke.null)], [1.0, 1.0, -1.0])(x, s)
+                            e(stroke, params["stroke"], stroke.null)], [1.0, 1.0, -1.0])
 
   return {("low_temperature", "smc"): tempered, ("low_temperature", "naive"): tempered,
           ("low_temperature", "cfg"): guided, ("and", "smc"): conjunction,
@@ -214,20 +216,26 @@ def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
 
 def make_sampler(method: str, potential: Callable, config, event_shape, sigma_data: float):
   """``sample(params, key, classes (C,), betas (C,)) -> (samples (C, N, *event), diagnostics)``,
-  jitted, one particle batch per condition (vmapped)."""
+  jitted, one particle batch per condition (vmapped); ``potential`` from :func:`potentials`.
+
+  SMC's diagnostics: ``ess_min_fraction``, ``weights_invalid`` (C,) and, per level σ_k,
+  ``ess_path`` (ESS / N), ``resampled`` and ``sigma`` (C, K).
+  """
   s = config.sampler
   sigmas = edm.karras_sigmas(s.num_steps, s.sigma_min, s.sigma_max, s.rho)
   n = s.num_samples
 
   def one(params, key, cls, beta):
-    u = lambda x, sig: potential(params, (cls, beta), x, sig)
+    u = potential(params, (cls, beta))
     if method == "smc":
       res = smc.smc_sample(key, u, sigmas, n, event_shape, sigma_data=sigma_data,
                            ess_threshold=s.ess_threshold, final_resample=True,
                            rejuvenation=s.rejuvenation or None,
                            rejuvenation_steps=s.rejuvenation_steps)
       return res.particles, {"ess_min_fraction": jnp.min(res.info.ess) / n,
-                             "weights_invalid": res.weights_invalid.astype(jnp.float32)}
+                             "weights_invalid": res.weights_invalid.astype(jnp.float32),
+                             "ess_path": res.info.ess / n, "resampled": res.info.resampled,
+                             "sigma": res.info.sigma}
     k_init, k_run = jax.random.split(key)
     x_init = reverse.prior_sample(k_init, n, event_shape, s.sigma_max, sigma_data)
     return naive_reverse_sample(k_run, u, x_init, sigmas), {}
@@ -241,9 +249,12 @@ def make_sampler(method: str, potential: Callable, config, event_shape, sigma_da
 
 
 def _mean_pairwise_distance(features: np.ndarray) -> float:
-  """Mean Euclidean distance between distinct rows of ``features (N, D)``."""
-  d2 = np.sum((features[:, None] - features[None]) ** 2, -1)
-  n = features.shape[0]
+  """Mean Euclidean distance between distinct rows of ``features (N, D)`` (O(N²) memory)."""
+  f = np.asarray(features, np.float64)
+  sq = np.sum(f * f, -1)
+  d2 = sq[:, None] + sq[None] - 2 * f @ f.T
+  np.fill_diagonal(d2, 0.0)
+  n = f.shape[0]
   return float(np.sum(np.sqrt(np.maximum(d2, 0))) / (n * (n - 1)))
 
 
@@ -270,11 +281,42 @@ def score_samples(samples: np.ndarray, classes, judge: classifier_lib.Classifier
   return out
 
 
+class Reference(NamedTuple):
+  """What the metrics compare samples with: the judge's features of the real train images,
+  their labels and heavy-stroke attribute, and the heavy-stroke threshold."""
+  features: np.ndarray     # (N, feature_dim)
+  labels: np.ndarray       # (N,)
+  heavy: np.ndarray        # (N,) bool
+  threshold: float
+
+
+def make_reference(judge: classifier_lib.ClassifierRun, train: dict,
+                   threshold: float) -> Reference:
+  """The :class:`Reference` of the train split ``train``."""
+  features = classifier_lib.logits_and_features(judge.model, judge.params, train["x"])[1]
+  return Reference(features, np.asarray(train["label"]),
+                   images.heavy_stroke(train["x"], threshold) == 1, threshold)
+
+
+def evaluate(sampler: Callable, params, key, task: str, beta: float, classes,
+             judge: classifier_lib.ClassifierRun, reference: Reference):
+  """Draws one batch per class with ``sampler`` (from :func:`make_sampler`) and scores it;
+  returns ``(samples (C, N, H, W, 1), metrics, the sampler's diagnostics)``."""
+  cls = jnp.asarray(classes, jnp.int32)
+  samples, diag = sampler(params, key, cls, jnp.full(cls.shape, beta))
+  samples = np.asarray(samples)
+  keep = np.isin(reference.labels, classes) & (reference.heavy if task == "and" else True)
+  stats = frechet.feature_stats(reference.features[keep])
+  metrics = score_samples(samples, classes, judge, stats, reference.threshold,
+                          heavy=task == "and")
+  metrics.update({k: float(np.mean(v)) for k, v in diag.items() if np.ndim(v) == 1})
+  return samples, metrics, diag
+
+
 def run_tasks(config, workdir: str, energies: Dict[str, ConditionalEnergy], judge, train) -> dict:
   """Stage 4: every task × β × method; returns the nested results dict and writes grids."""
   threshold = images.heavy_stroke_threshold(config.data_dir or None)
-  real_features = classifier_lib.logits_and_features(judge.model, judge.params, train["x"])[1]
-  real_heavy = images.heavy_stroke(train["x"], threshold) == 1
+  reference = make_reference(judge, train, threshold)
   params = {name: e.params for name, e in energies.items()}
   pots = potentials(energies)
   event_shape = tuple(train["x"].shape[1:])
@@ -294,13 +336,8 @@ def run_tasks(config, workdir: str, energies: Dict[str, ConditionalEnergy], judg
       samplers[task, method] = make_sampler(method, pots[task, method], config, event_shape,
                                             images.IMAGE_SIGMA_DATA)
     key, k_run = jax.random.split(key)
-    cls = jnp.asarray(classes, jnp.int32)
-    samples, diag = samplers[task, method](params, k_run, cls, jnp.full(cls.shape, beta))
-    samples = np.asarray(samples)
-    keep = np.isin(train["label"], classes) & (real_heavy if task == "and" else True)
-    reference = frechet.feature_stats(real_features[keep])
-    metrics = score_samples(samples, classes, judge, reference, threshold, heavy=task == "and")
-    metrics.update({k: float(np.mean(v)) for k, v in diag.items()})
+    samples, metrics, _ = evaluate(samplers[task, method], params, k_run, task, beta, classes,
+                                judge, reference)
     name = f"beta{beta:g}" if task == "low_temperature" else "heavy"
     results.setdefault(task, {}).setdefault(name, {})[method] = metrics
     grid = samples[:, :config.eval.grid_samples]

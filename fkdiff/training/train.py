@@ -34,6 +34,11 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
+# Functions run once are compiled without XLA's backend optimisations on CPU: a U-Net's
+# initialisation compiles in ~2 s instead of ~11 s, and its run time does not matter.
+_RUN_ONCE_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+
+
 def init_state(task: Task, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
   params = task.init_params(key)
   return TrainState(jnp.zeros((), jnp.int32), params, params, tx.init(params))
@@ -125,7 +130,8 @@ def make_trainer(config: ml_collections.ConfigDict, mesh=None) -> Trainer:
   repl, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   tx = make_optimizer(config.optim, config.training.num_steps)
   init_key, train_key, data_key = jax.random.split(jax.random.key(config.seed), 3)
-  make_state = jax.jit(functools.partial(init_state, task, tx), out_shardings=repl)
+  make_state = jax.jit(functools.partial(init_state, task, tx), out_shardings=repl,
+                       compiler_options=_RUN_ONCE_OPTIONS.get(jax.default_backend()))
   keys = _aux_keys(task, data, config.data.batch_size)
   metrics_cls = metrics_lib.make_metrics_class(keys, config.training.sigma_bins)
   step_body = functools.partial(train_step, task=task, tx=tx, ema_decay=config.optim.ema_decay,
