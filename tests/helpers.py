@@ -51,7 +51,10 @@ def fit(loss_fn: Callable, params, sample_batch: Callable, key: jax.Array, steps
 
 
 def random_state_dict(seed: int = 0) -> dict:
-  """Random FID-Inception weights in pytorch-fid's layout, He-scaled so features stay O(1)."""
+  """Random FID-Inception weights in pytorch-fid's layout, He-scaled so features stay O(1); every
+  batch-norm array (scale, bias, running mean and variance) differs from its identity value.
+  NumPy alone, so tests regenerate the weights a fixture was made with (by
+  benchmarks/inception_parity.py)."""
   import numpy as np
   from fkdiff.evaluation import inception
   rng = np.random.default_rng(seed)
@@ -65,7 +68,7 @@ def random_state_dict(seed: int = 0) -> dict:
     elif key.endswith("running_var"):
       state[key] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
     elif key.endswith("bn.weight"):
-      state[key] = np.ones(value.shape, np.float32)
+      state[key] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
     else:
       state[key] = rng.normal(0, 0.1, value.shape).astype(np.float32)
   return state
