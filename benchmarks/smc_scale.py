@@ -26,6 +26,7 @@ from fkdiff.diffusion import karras_sigmas
 from fkdiff.sampling import normalized_weights, product, smc_sample, tempered
 
 RUNS = 16
+NUM = 2048
 
 
 def runs(potential, sigmas, num, event_shape, sigma_data, scale):
@@ -45,18 +46,18 @@ def two_d(name, potential, scale, log_target, regions, num_regions):
   exact_log_z = np.log(np.sum(q) * (g[1] - g[0])**2) + log_q.max()
   grid_region = np.asarray(jax.vmap(regions)(pts))
   exact_mass = np.array([q[grid_region == j].sum() for j in range(num_regions)]) / q.sum()
-  print(f"{name}, N = 2048, 100 levels, {RUNS} runs (exact log Z {exact_log_z:.4f})")
+  print(f"{name}, N = {NUM}, 100 levels, {RUNS} runs (exact log Z {exact_log_z:.4f})")
   print(f"{'kernels':>10s} {'TV mean':>8s} {'TV sd':>7s} {'logZ err':>9s} {'sd':>7s} "
         f"{'ESS min':>8s}")
   for label, s in (("s = 1", 1.0), (f"s = {scale:g}", scale)):
-    r = runs(potential, sigmas, 2048, (2,), 1.0, s)
+    r = runs(potential, sigmas, NUM, (2,), 1.0, s)
     w_norm = np.asarray(jax.vmap(normalized_weights)(r.log_weights))
     region = np.asarray(jax.vmap(jax.vmap(regions))(r.particles))
     mass = np.stack([np.sum(w_norm * (region == j), 1) for j in range(num_regions)], 1)
     tv = 0.5 * np.abs(mass - exact_mass).sum(1)
     err = np.asarray(r.log_Z) - exact_log_z
     print(f"{label:>10s} {tv.mean():8.4f} {tv.std():7.4f} {err.mean():+9.4f} {err.std():7.4f} "
-          f"{np.asarray(r.info.ess).min(1).mean() / 2048:8.3f}", flush=True)
+          f"{np.asarray(r.info.ess).min(1).mean() / NUM:8.3f}", flush=True)
 
 
 def toy_tasks():
@@ -79,12 +80,7 @@ def toy_tasks():
 def sixty_four_d():
   d, v0, beta = 64, 0.25, 4.0
   m = jnp.full((d,), 0.35)
-  log_w = jnp.log(jnp.array([0.7, 0.3]))
-
-  def energy(x, sigma):
-    v = v0 + sigma**2
-    return -jax.nn.logsumexp(log_w - jnp.stack([jnp.sum((x - m)**2), jnp.sum((x + m)**2)])
-                             / (2 * v)) + 0.5 * d * jnp.log(v)
+  energy = gmm.isotropic_energy([0.7, 0.3], jnp.stack([m, -m]), [v0, v0])
 
   sigmas = karras_sigmas(64, 0.002, 80.0, 7.0)
   exact_mass, exact_var = 0.7**beta / (0.7**beta + 0.3**beta), (v0 + 0.002**2) / beta

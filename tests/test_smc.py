@@ -218,21 +218,21 @@ def test_tempered_mixture_in_64_dimensions_matched_scale():
   # leaves about one particle.
   d, v0, beta = 64, 0.25, 4.0
   m = jnp.full((d,), 0.35)
-  log_w = jnp.log(jnp.array([0.7, 0.3]))
-
-  def energy(x, sigma):
-    v = v0 + sigma**2
-    return -jax.nn.logsumexp(log_w - jnp.stack([jnp.sum((x - m)**2), jnp.sum((x + m)**2)])
-                             / (2 * v)) + 0.5 * d * jnp.log(v)
-
+  energy = gmm.isotropic_energy([0.7, 0.3], jnp.stack([m, -m]), [v0, v0])
+  x = jax.random.normal(jax.random.key(0), (d,))
+  np.testing.assert_allclose(energy(x, 0.5), gmm.energy(gmm.make_mixture(
+      [0.7, 0.3], np.stack([m, -m]), [v0, v0]), x, 0.5), rtol=1e-5)
   potential = targets.tempered(energy, beta)
   assert targets.scale_of(potential) == beta
-  res = run_many(potential, num_runs=4, num=1024, num_levels=64, event_shape=(d,), seed=11,
+  res = run_many(potential, num_runs=16, num=1024, num_levels=64, event_shape=(d,), seed=11,
                  sigma_data=0.5, sigma_max=80.0)
   plus = lambda x: (x @ m > 0).astype(jnp.float32)
   within = lambda x: jnp.mean((x - jnp.sign(x @ m)[..., None] * m)**2, -1)
   mass, var = per_run_mean(res, plus), per_run_mean(res, within)
-  assert np.all(np.abs(mass - 0.7**4 / (0.7**4 + 0.3**4)) < 0.04), mass
+  # One run's mode mass is decided early and spreads widely (0.72-1.0, sd ≈ 0.08): its mean over
+  # 16 runs has a standard error ≈ 0.02. The within-mode variance is sharp in every run (with
+  # s = 1 it comes out 0.050: benchmarks/smc_scale.py).
+  assert abs(np.mean(mass) - 0.7**4 / (0.7**4 + 0.3**4)) < 0.05, mass
   assert np.all(np.abs(var - (v0 + SIGMA_MIN**2) / beta) < 0.03 * v0 / beta), var
   assert np.min(np.asarray(res.info.ess)[:, 0]) > 0.9 * 1024
   unmatched = run_many(potential, num_runs=1, num=1024, num_levels=64, event_shape=(d,),

@@ -9,7 +9,7 @@ normalised product of two mixtures.
 Per-example functions take ``x`` of shape ``(d,)`` and a scalar ``σ`` and are meant to be vmapped.
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +93,22 @@ def log_prob(gmm: GaussianMixture, x: Array) -> Array:
 def responsibilities(gmm: GaussianMixture, x: Array) -> Array:
   """Posterior component probabilities ``p(k | x)``, shape ``(K,)``."""
   return jax.nn.softmax(_component_log_probs(gmm, x))
+
+
+def isotropic_energy(weights, means, variances) -> Callable[[Array, Array], Array]:
+  """``E(x, σ) = −log Σ_k w_k N(x; μ_k, (v_k + σ²) I)``, the exact diffused energy (normalised)
+  of a mixture of isotropic components, in O(K d) per point (no Cholesky factor): high-dimensional
+  ground truth. ``weights (K,)`` (normalised here), ``means (K, d)``, ``variances (K,)``."""
+  log_w = jnp.log(jnp.asarray(weights, jnp.float32) / jnp.sum(jnp.asarray(weights, jnp.float32)))
+  means = jnp.asarray(means, jnp.float32)
+  v0 = jnp.asarray(variances, jnp.float32)
+  d = means.shape[1]
+
+  def energy_fn(x, sigma):
+    v = v0 + sigma**2
+    sq = jnp.sum((x[None] - means)**2, axis=-1)
+    return -jax.nn.logsumexp(log_w - sq / (2 * v) - 0.5 * d * jnp.log(2 * jnp.pi * v))
+  return energy_fn
 
 
 def energy(gmm: GaussianMixture, x: Array, sigma) -> Array:
