@@ -49,8 +49,10 @@ def scale_of(potential: EnergyFn):
 def _with_scale(potential: EnergyFn, scale) -> EnergyFn:
   """``potential`` recording ``scale`` (a non-positive scale, e.g. a product with negative
   weights summing to ≤ 0, is recorded as 1)."""
-  potential.potential_scale = scale if isinstance(scale, (int, float)) and scale > 0 else (
-      1.0 if isinstance(scale, (int, float)) else jnp.where(scale > 0, scale, 1.0))
+  if isinstance(scale, (int, float)):
+    potential.potential_scale = scale if scale > 0 else 1.0
+  else:   # an array, possibly traced
+    potential.potential_scale = jnp.where(scale > 0, scale, 1.0)
   return potential
 
 
