@@ -71,7 +71,8 @@ def fid_config(num_steps: int, smoke: bool):
 
 
 def shrink_for_smoke(config):
-  """Seconds on a CPU: a tiny U-Net, a batch of 8, two steps, four samples (quality meaningless)."""
+  """Seconds on a CPU: a tiny U-Net, a batch of 8, two quickly compiled steps, four samples (quality
+  meaningless)."""
   config.model.width = 8
   config.model.depth = 1
   config.model.emb_dim = 16
@@ -85,6 +86,7 @@ def shrink_for_smoke(config):
   config.training.log_every = 1
   config.training.checkpoint_every = 2
   config.training.sample_every = 0
+  config.training.quick_compile = True   # two steps: compiling is all the cost.
   config.eval.num_samples = 4
   config.eval.sample_steps = 4
   return config

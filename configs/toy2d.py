@@ -45,6 +45,7 @@ def get_config(variant: str = ""):
     stage.model.width, stage.model.depth = (32, 1) if smoke else (96, 3)
     stage.data.batch_size = 128 if smoke else 512
     stage.training.sample_every = 0
+    stage.training.quick_compile = smoke
     stage.training.log_every = 20 if smoke else 500
     stage.eval.num_samples = 0 if smoke else 2048   # smoke: the job's sampling is enough.
     stage.eval.sample_steps = 8 if smoke else 32

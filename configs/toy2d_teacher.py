@@ -31,6 +31,7 @@ def get_config(variant: str = ""):
     config.training.log_every = 20
     config.training.checkpoint_every = 30
     config.training.sample_every = 0
+    config.training.quick_compile = True
     config.optim.warmup_steps = 10
     config.model.width = 32
     config.model.depth = 1

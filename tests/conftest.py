@@ -20,15 +20,27 @@ def tiny_teacher_config(**training):
   c.training.log_every = 10
   c.training.checkpoint_every = 20
   c.training.sample_every = 0
+  c.training.quick_compile = True
   c.eval.num_samples = 256
   c.eval.sample_steps = 8
   c.training.update(training)
   return c
 
 
+def fake_devices_flags(devices: int) -> str:
+  """``XLA_FLAGS`` for ``devices`` fake CPU devices in one process.
+
+  Their collectives rendezvous in-process, and XLA:CPU aborts the process when one device thread
+  is 40 s late (its default): on 2 CPU cores shared with the other test worker's compiles that
+  happens. A late thread is load, not a deadlock, here; the tests' own subprocess timeouts catch hangs.
+  """
+  return (f"--xla_force_host_platform_device_count={devices}"
+          " --xla_cpu_collective_call_terminate_timeout_seconds=600")
+
+
 def run_python(code: str, devices: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
   """Runs ``code`` in a fresh interpreter with ``devices`` fake CPU devices."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env = dict(os.environ, XLA_FLAGS=fake_devices_flags(devices),
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                         timeout=timeout, cwd=ROOT)

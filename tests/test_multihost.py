@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, fake_devices_flags
 from fkdiff.training import checkpoint, distributed
 
 HEARTBEAT_S = 5
@@ -110,7 +110,7 @@ def _start(script, workdir, logdir, num_processes, cache=None):
   for name in ("COORDINATOR_ADDRESS", "NUM_PROCESSES", "PROCESS_ID", "DISTRIBUTED"):
     base.pop(distributed.ENV_PREFIX + name, None)
   if num_processes == 0:
-    envs = [dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2")]
+    envs = [dict(base, XLA_FLAGS=fake_devices_flags(2))]
   else:
     port = _free_port()
     envs = [dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=1",
@@ -172,8 +172,7 @@ def runs(tmp_path_factory):
   script = tmp / "job.py"
   script.write_text(JOB)
   multi, ref = tmp / "multi", tmp / "reference"
-  # One job at a time: on two busy cores, a concurrent job once starved a device thread of the
-  # reference's in-process all-reduce past XLA's fixed 40 s rendezvous timeout.
+  # One job at a time: two busy cores are shared with the other test worker already.
   killed = _start(script, multi, tmp / "logs_killed", 2, cache=tmp / "cache")
   all_procs = list(killed)
   try:

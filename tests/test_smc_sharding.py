@@ -12,6 +12,8 @@ import textwrap
 import jax
 import numpy as np
 
+from conftest import fake_devices_flags
+
 SCRIPT = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp, numpy as np
@@ -49,7 +51,7 @@ def test_two_devices_match_one_device(tmp_path):
   script = tmp_path / "run2.py"
   script.write_text(SCRIPT)
   out = tmp_path / "out.npz"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  env = dict(os.environ, XLA_FLAGS=fake_devices_flags(2),
              JAX_PLATFORMS="cpu", PYTHONPATH=str(tmp_path) + os.pathsep
              + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True,

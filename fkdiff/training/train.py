@@ -34,9 +34,16 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-# Functions run once are compiled without XLA's backend optimisations on CPU: a U-Net's
-# initialisation compiles in ~2 s instead of ~11 s, and its run time does not matter.
-_RUN_ONCE_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+# Without XLA's backend optimisations a program compiles about twice as fast and runs slower.
+_QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _compiler_options(config, run_once: bool = False):
+  """``compiler_options`` of a run's jitted functions: quick ones with ``training.quick_compile``,
+  and on CPU for functions run once (a U-Net's initialisation: ~2 s instead of ~11 s)."""
+  if config.training.quick_compile or (run_once and jax.default_backend() == "cpu"):
+    return _QUICK_COMPILE
+  return None
 
 
 def init_state(task: Task, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
@@ -131,13 +138,14 @@ def make_trainer(config: ml_collections.ConfigDict, mesh=None) -> Trainer:
   tx = make_optimizer(config.optim, config.training.num_steps)
   init_key, train_key, data_key = jax.random.split(jax.random.key(config.seed), 3)
   make_state = jax.jit(functools.partial(init_state, task, tx), out_shardings=repl,
-                       compiler_options=_RUN_ONCE_OPTIONS.get(jax.default_backend()))
+                       compiler_options=_compiler_options(config, run_once=True))
   keys = _aux_keys(task, data, config.data.batch_size)
   metrics_cls = metrics_lib.make_metrics_class(keys, config.training.sigma_bins)
   step_body = functools.partial(train_step, task=task, tx=tx, ema_decay=config.optim.ema_decay,
                                 train_key=train_key, metrics_cls=metrics_cls)
   step_fn = jax.jit(step_body, in_shardings=(repl, sharded, repl),
-                    out_shardings=(repl, repl), donate_argnums=0)
+                    out_shardings=(repl, repl), donate_argnums=0,
+                    compiler_options=_compiler_options(config))
   make_batch = jax.jit(lambda step: data.sample(jax.random.fold_in(data_key, step),
                                                 config.data.batch_size),
                        out_shardings=sharded)
@@ -218,7 +226,7 @@ def _sample(task: Task, data: DataSource, params, config, num: int, key) -> jax.
 
   # Parameters enter as jit arguments, never as captured constants: XLA:CPU (jax 0.10.2) has
   # been seen to miscompile large batches through constant-folded (e.g. all-zero) weights.
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=_compiler_options(config))
   def run(params, key):
     x_init = reverse.prior_sample(key, num, data.event_shape, d.sigma_max, data.sigma_data)
     return reverse.heun_sample(functools.partial(task.denoise_fn, params), x_init, sigmas)
@@ -252,7 +260,7 @@ def evaluate(task: Task, data: DataSource, params, config, workdir: str, step: i
   if data.mixture is not None:
     score_error = jax.jit(lambda p, k: toy_metrics.relative_score_error(
         toy_metrics.score_from_denoiser(functools.partial(task.denoise_fn, p)), data.mixture,
-        config.eval.score_sigma, k))
+        config.eval.score_sigma, k), compiler_options=_compiler_options(config))
     results["score_rel_error"] = float(score_error(params, key_score))
     results.update(toy_metrics.mode_mass_metrics(data.mixture, samples))
   return results
