@@ -309,6 +309,38 @@ def test_target_formulas():
   assert np.isinf(hard(x, s)) and np.isfinite(hard(x, jnp.float32(2.0)))
 
 
+def test_label_sum_is_the_product_of_conditionals_in_one_call():
+  mus, s2s = jnp.array([-1.0, 1.0, 0.5]), jnp.array([1.0, 0.5, 2.0])
+  calls = []
+
+  def cond_energy(x, sigma, c):   # one "network" for all labels; counts its traced calls.
+    calls.append(c.shape)
+    return gauss_energy(mus[c], s2s[c])(x, sigma)
+  x, s = jnp.array([0.3, -0.7]), jnp.float32(0.5)
+  e = [gauss_energy(mus[i], s2s[i]) for i in range(3)]
+  cfg = targets.label_sum(cond_energy, jnp.array([2, 0]), [1 - 3.0, 3.0])
+  want = targets.conditional_and(e[2], [e[0]], [3.0])
+  np.testing.assert_allclose(cfg(x, s), want(x, s), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(cfg)(x, s), jax.grad(want)(x, s), rtol=1e-5)
+  assert calls == [()] * 2    # traced once per evaluation (vmapped over labels), not per label
+  # Scales compose linearly: a ratio E(x|c) − E(x|∅) records 0, so AND = E_a + ratio has 1.
+  ratio = targets.label_sum(cond_energy, jnp.array([1, 2]), [1.0, -1.0])
+  conj = targets.product([e[0], ratio])
+  np.testing.assert_allclose(conj(x, s), e[0](x, s) + e[1](x, s) - e[2](x, s), rtol=1e-6)
+  assert float(targets.scale_of(conj)) == 1.0 == float(targets.scale_of(cfg))
+  assert float(targets.scale_of(targets.tempered(conj, 2.0))) == 2.0
+  assert float(targets.scale_of(ratio)) == 1.0      # a total ≤ 0 is reported as 1
+  assert float(targets.scale_of(targets.label_sum(cond_energy, jnp.array([0, 1]), [2.0, 1.0]))) == 3.0
+  # SMC on N(−1, 1)·N(1, 0.5) written as one label_sum: the exact product (≈ N(1/3, 1/3)).
+  res = run_many(targets.label_sum(cond_energy, jnp.array([0, 1])), num_runs=32, num=500,
+                 num_levels=64, seed=4)
+  v1, v2 = 1.0 + SIGMA_MIN**2, 0.5 + SIGMA_MIN**2
+  var = 1 / (1 / v1 + 1 / v2)
+  mean = var * (-1 / v1 + 1 / v2)
+  assert_mc_close(per_run_mean(res, lambda x: x[..., 0]), mean, 3)
+  assert_mc_close(per_run_mean(res, lambda x: (x[..., 0] - mean)**2), var, 3)
+
+
 # ---------------------------------------------------------------- bad input, jit
 def test_bad_inputs_raise():
   energy = gauss_energy(0.0, 1.0)

@@ -3,7 +3,8 @@
 Public API (all per-example callables, particles vmapped inside):
 - :func:`smc_sample` → :class:`SMCResult` (``particles, log_weights, log_Z, ess, info, …``).
 - targets: :func:`tempered`, :func:`product`, :func:`conditional_and`, :func:`disjunction`,
-  :func:`negation`, :func:`bounded_soft`, :func:`bounded_hard`, :func:`reward_tilt`; each
+  :func:`negation`, :func:`bounded_soft`, :func:`bounded_hard`, :func:`reward_tilt`,
+  :func:`label_sum` (several labels of one conditional network in one call); each
   records its potential scale (:func:`scale_of`), which :func:`smc_sample` sizes its kernels to.
 - plain samplers: :func:`heun_sample`, :func:`euler_maruyama_sample`, :func:`prior_sample`.
 - baselines: :func:`naive_reverse_sample`, :func:`annealed_mcmc_sample`.
@@ -17,5 +18,6 @@ from fkdiff.sampling.resampling import ess, get_resampler, log_ess, normalized_w
 from fkdiff.sampling.reverse import euler_maruyama_sample, heun_sample, prior_sample
 from fkdiff.sampling.smc import SMCInfo, SMCResult, SMCState, smc_sample, weighted_mean
 from fkdiff.sampling.targets import (annealed_penalty_schedule, bounded_hard, bounded_soft,
-                                     conditional_and, disjunction, negation, product,
-                                     reward_tilt, scale_of, tempered, tweedie_denoiser)
+                                     conditional_and, disjunction, label_sum, negation,
+                                     product, reward_tilt, scale_of, tempered,
+                                     tweedie_denoiser)

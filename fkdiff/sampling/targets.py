@@ -10,9 +10,10 @@ The SMC sampler uses ``U_k(x) = U(x, σ_k)`` as the k-th intermediate target
 docstring, whose ``p`` stands for the model's ``p_0``; exactly, ``p`` is ``p_{σ_K}``).
 
 Each target records its **potential scale** ``s`` (``U ≈ s E``: β for :func:`tempered`, ``Σ w_i``
-for :func:`product`), read with :func:`scale_of`; :func:`fkdiff.sampling.smc_sample` matches its
-start and kernels to it (see its ``potential_scale``). Plain energies have ``s = 1``; the OR and
-NOT targets report 1.
+for :func:`product` and :func:`label_sum`), read with :func:`scale_of`;
+:func:`fkdiff.sampling.smc_sample` matches its start and kernels to it (see its
+``potential_scale``). Plain energies have ``s = 1``; the OR and NOT targets report 1. Scales
+compose linearly (a ratio ``E(x|c) − E(x|∅)`` records 0); :func:`scale_of` reports a total ≤ 0 as 1.
 
 Energies need only be defined up to an additive gauge ``c(σ)`` (METHOD.md §2): it cancels in
 the self-normalised SMC weights, but not in ``log Ẑ``; :func:`tempered` multiplies it by β,
@@ -41,18 +42,23 @@ def _check_concrete_positive(name: str, value) -> None:
     raise ValueError(f"{name} must be > 0, got {v}.")
 
 
+def _recorded_scale(energy_fn: EnergyFn):
+  """The scale ``energy_fn`` records, any sign; 1 for any other callable."""
+  return getattr(energy_fn, "potential_scale", 1.0)
+
+
 def scale_of(potential: EnergyFn):
-  """The potential scale ``s`` a target records (``U ≈ s E``); 1 for any other callable."""
-  return getattr(potential, "potential_scale", 1.0)
+  """The potential scale ``s > 0`` of a target (``U ≈ s E``); 1 for any other callable, and for a
+  target whose recorded scale is ≤ 0 (e.g. a product with weights summing to ≤ 0)."""
+  scale = _recorded_scale(potential)
+  if isinstance(scale, (int, float)):
+    return scale if scale > 0 else 1.0
+  return jnp.where(scale > 0, scale, 1.0)   # an array, possibly traced
 
 
 def _with_scale(potential: EnergyFn, scale) -> EnergyFn:
-  """``potential`` recording ``scale`` (a non-positive scale, e.g. a product with negative
-  weights summing to ≤ 0, is recorded as 1)."""
-  if isinstance(scale, (int, float)):
-    potential.potential_scale = scale if scale > 0 else 1.0
-  else:   # an array, possibly traced
-    potential.potential_scale = jnp.where(scale > 0, scale, 1.0)
+  """``potential`` recording ``scale``."""
+  potential.potential_scale = scale
   return potential
 
 
@@ -77,7 +83,7 @@ def tempered(energy_fn: EnergyFn, beta) -> EnergyFn:
 
   def potential(x, sigma):
     return beta * energy_fn(x, sigma)
-  return _with_scale(potential, beta * scale_of(energy_fn))
+  return _with_scale(potential, beta * _recorded_scale(energy_fn))
 
 
 def product(energy_fns: Sequence[EnergyFn], weights=None) -> EnergyFn:
@@ -92,7 +98,7 @@ def product(energy_fns: Sequence[EnergyFn], weights=None) -> EnergyFn:
 
   def potential(x, sigma):
     return sum(w[i] * e(x, sigma) for i, e in enumerate(energy_fns))
-  return _with_scale(potential, sum(w[i] * scale_of(e) for i, e in enumerate(energy_fns)))
+  return _with_scale(potential, sum(w[i] * _recorded_scale(e) for i, e in enumerate(energy_fns)))
 
 
 def conditional_and(uncond_energy_fn: EnergyFn, cond_energy_fns: Sequence[EnergyFn],
@@ -113,9 +119,33 @@ def conditional_and(uncond_energy_fn: EnergyFn, cond_energy_fns: Sequence[Energy
   def potential(x, sigma):
     e0 = uncond_energy_fn(x, sigma)
     return e0 + sum(w[i] * (e(x, sigma) - e0) for i, e in enumerate(cond_energy_fns))
-  s0 = scale_of(uncond_energy_fn)
-  return _with_scale(potential, s0 + sum(w[i] * (scale_of(e) - s0)
+  s0 = _recorded_scale(uncond_energy_fn)
+  return _with_scale(potential, s0 + sum(w[i] * (_recorded_scale(e) - s0)
                                          for i, e in enumerate(cond_energy_fns)))
+
+
+def label_sum(cond_energy_fn: Callable[[Array, Array, Array], Array], labels,
+              weights=None) -> EnergyFn:
+  """``U(x, σ) = Σ_i w_i E(x, σ | c_i)`` for one conditional energy, in one batched call.
+
+  Args:
+    cond_energy_fn: ``E(x, σ, label) -> scalar`` (e.g. a class-conditional network).
+    labels: ``(L, ...)``: one label per term (e.g. a class and the null label ∅).
+    weights: ``(L,)`` (default 1 each).
+
+  The network runs once on ``L`` labels (``vmap``) rather than ``L`` times: classifier-free
+  guidance ``E(x|∅) + w (E(x|c) − E(x|∅))`` is ``label_sum(E, [∅, c], [1 − w, w])``, the ratio
+  ``E(x|c) − E(x|∅)`` (scale 0) is ``label_sum(E, [c, ∅], [1, −1])``. Same values as
+  :func:`product` of the ``L`` conditionals; a compiled sampler holds one copy of the network.
+
+  Final target: ``∝ Π_i p(x|c_i)^{w_i}``.
+  """
+  labels = jnp.asarray(labels)
+  w = _weights(weights, labels.shape[0])
+
+  def potential(x, sigma):
+    return jnp.dot(w, jax.vmap(lambda c: cond_energy_fn(x, sigma, c))(labels))
+  return _with_scale(potential, jnp.sum(w) * _recorded_scale(cond_energy_fn))
 
 
 def disjunction(energy_fns: Sequence[EnergyFn], weights=None) -> EnergyFn:
@@ -175,7 +205,7 @@ def bounded_soft(energy_fn: EnergyFn, lower, upper,
 
   def potential(x, sigma):
     return energy_fn(x, sigma) + schedule(sigma) * box_sq_distance(x, lower, upper)
-  return _with_scale(potential, scale_of(energy_fn))
+  return _with_scale(potential, _recorded_scale(energy_fn))
 
 
 def bounded_hard(energy_fn: EnergyFn, lower, upper, sigma_on) -> EnergyFn:
@@ -201,7 +231,7 @@ def bounded_hard(energy_fn: EnergyFn, lower, upper, sigma_on) -> EnergyFn:
     active = sigma <= sigma_on
     e = energy_fn(x, sigma)
     return jnp.where(inside | ~active, e, jnp.inf)
-  return _with_scale(potential, scale_of(energy_fn))
+  return _with_scale(potential, _recorded_scale(energy_fn))
 
 
 def tweedie_denoiser(energy_fn: EnergyFn) -> Callable[[Array, Array], Array]:
@@ -226,4 +256,4 @@ def reward_tilt(energy_fn: EnergyFn, reward_fn: Callable[[Array], Array], streng
 
   def potential(x, sigma):
     return energy_fn(x, sigma) - strength * reward_fn(denoise_fn(x, sigma))
-  return _with_scale(potential, scale_of(energy_fn))
+  return _with_scale(potential, _recorded_scale(energy_fn))
