@@ -9,6 +9,7 @@ weight β; (2) digit c AND heavy stroke by SMC and the CFG-style score sum
 Launch:
   python launch.py --config=configs/digits.py --workdir=runs/digits
   python launch.py --config=configs/digits.py:smoke --workdir=runs/digits_smoke
+  python launch.py --config=configs/digits.py:demo --workdir=runs/digits_demo   # notebook models
 
 Outputs in the workdir: results.json / results.txt, sample grids (one row per condition),
 teachers/, energies/, classifier/ (reused on relaunch), TensorBoard scalars.
@@ -26,8 +27,10 @@ from fkdiff.training.config import config_module
 
 
 def get_config(variant: str = ""):
-  if variant not in ("", "smoke"):
-    raise ValueError(f"Unknown variant {variant!r}; use '' or 'smoke'.")
+  if variant not in ("", "smoke", "demo"):
+    raise ValueError(f"Unknown variant {variant!r}; use '', 'smoke' or 'demo'.")
+  if variant == "demo":
+    return _demo()
   smoke = variant == "smoke"
   c = job_config()
   c.teacher = config_module("digits_teacher.py", next_to=__file__).get_config(variant)
@@ -54,4 +57,19 @@ def get_config(variant: str = ""):
     c.sampler.num_steps = 6
     c.classifier.num_steps = 100
     c.eval.grid_samples = 4
+  return c
+
+
+def _demo():
+  """The models the digits notebook ships (colabs/digits_demo): the full run's training with the
+  smoke run's one-level U-Net (width 16), whose samplers compile in seconds; 32 particles × 32
+  levels. Retrain them with
+  ``python launch.py --config=configs/digits.py:demo --workdir=runs/digits_demo`` (≈ 15 min)."""
+  c = get_config()
+  for stage in (c.teacher, c.distill):
+    stage.model.width, stage.model.emb_dim = 16, 16
+    stage.model.unet.channel_mult, stage.model.unet.attn_resolutions = (1,), ()
+    stage.model.unet.remat_blocks = False
+    stage.training.keep_checkpoints = 1
+  c.sampler.num_samples = c.sampler.num_steps = 32
   return c

@@ -150,7 +150,35 @@ def test_smoke_job_end_to_end_and_identities_on_the_learned_energy(tmp_path, cap
   out = capsys.readouterr().out
   assert out.count("reusing its checkpoint") == 4 and "training" not in out
 
+  # Exported models carry no path of the run and load after the run is gone.
+  digits.export_models(str(run), str(tmp_path / "exported"))
+  os.rename(run, tmp_path / "moved")
+  exported = tmp_path / "exported" / "energies" / "class"
+  assert str(tmp_path) not in (exported / "config.json").read_text()
+  again = digits.load_energy(str(exported))
+  np.testing.assert_array_equal(jax.vmap(lambda a: again.fn(again.params, a, 0.5, 3))(x), e(3))
+  os.rename(tmp_path / "moved", run)
+
   _fid_job_on_the_distilled_energy(str(run / "energies" / "class"), tmp_path, capsys)
+
+
+def test_the_shipped_demo_models_are_the_demo_config_and_load():
+  """colabs/digits_demo (the digits notebook's models) = configs/digits.py:demo, trained."""
+  demo = os.path.join(ROOT, "colabs", "digits_demo")
+  want = _config("demo")
+  with open(os.path.join(demo, "config.json")) as f:
+    shipped = json.load(f)
+  for section in ("teacher", "distill"):
+    for key in ("model", "energy", "diffusion", "optim", "data"):
+      assert shipped[section][key] == json.loads(want[section].to_json())[key], (section, key)
+    assert shipped[section]["training"]["num_steps"] == want[section].training.num_steps
+  for name in digits.MODELS:
+    energy = digits.load_energy(os.path.join(demo, "energies", name))
+    y = jax.random.normal(jax.random.key(0), (8, 8, 1))
+    value, score = jax.value_and_grad(energy.fn, argnums=1)(energy.params, y, 0.5, 0)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(score))
+  judge = digits.classifier_lib.load(os.path.join(demo, "classifier"), np.zeros((1, 8, 8, 1)))
+  assert judge.test_accuracy > 0.9
 
 
 def _fid_job_on_the_distilled_energy(energy_dir, tmp_path, capsys):

@@ -55,8 +55,8 @@ def train_classifier(key: Array, train: dict, test: dict, num_classes: int = 10,
   model = Classifier(num_classes)
   x_train, y_train = jnp.asarray(train["x"]), jnp.asarray(train["label"])
   k_init, k_steps = jax.random.split(key)
-  params = model.init(k_init, x_train[:1])
   tx = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
+  params, opt_state = jax.jit(lambda k: (p := model.init(k, x_train[:1]), tx.init(p)))(k_init)
 
   def loss_fn(params, x, y):
     logits, _ = model.apply(params, x)
@@ -73,7 +73,6 @@ def train_classifier(key: Array, train: dict, test: dict, num_classes: int = 10,
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
-  opt_state = tx.init(params)
   for key in jax.random.split(k_steps, num_steps):
     params, opt_state = step(params, opt_state, key, x_train, y_train)
   accuracy = float(np.mean(predict(model, params, test["x"]) == np.asarray(test["label"])))

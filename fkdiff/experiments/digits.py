@@ -149,15 +149,52 @@ class ConditionalEnergy(NamedTuple):
   null: int
 
 
+def _layout_teacher(e_dir: str) -> str:
+  """``<workdir>/teachers/<name>`` for the energy ``<workdir>/energies/<name>``."""
+  e_dir = os.path.abspath(e_dir)
+  return os.path.join(os.path.dirname(os.path.dirname(e_dir)), "teachers", os.path.basename(e_dir))
+
+
 def load_energy(e_dir: str) -> ConditionalEnergy:
-  """The distilled conditional energy of a stage workdir."""
+  """The distilled conditional energy of a stage workdir.
+
+  Its teacher (for σ_d) is the one of the job's layout (:func:`train_models`) when present, so a
+  workdir can be moved or copied (:func:`export_models`); else the path the run recorded.
+  """
   from fkdiff.training.tasks import load_teacher
   config, tree, _ = checkpoint.load_run(e_dir)
+  if os.path.isdir(_layout_teacher(e_dir)):
+    config.teacher.workdir = _layout_teacher(e_dir)
   *_, sigma_data = load_teacher(config)
   model = models.EnergyModel(models.get_backbone(config.model), sigma_data,
                              config.energy.parameterization)
   return ConditionalEnergy(functools.partial(models.energy.energy, model), tree["ema_params"],
                            config.model.num_classes)
+
+
+def export_models(workdir: str, dest: str) -> None:
+  """Copies a finished run's models to ``dest``, loadable like a workdir and free of its paths:
+  ``config.json``, each stage's latest checkpoint (``teachers/``, ``energies/``), ``classifier/``.
+  """
+  import shutil
+  for stage in [f"{kind}/{name}" for kind in ("teachers", "energies") for name in MODELS]:
+    src, out = os.path.join(workdir, stage), os.path.join(dest, stage)
+    config = checkpoint.read_config(src)
+    with checkpoint.make_manager(src, 1, 1) as manager:
+      step = manager.latest_step()
+    if config is None or step is None:
+      raise checkpoint.CheckpointError(f"{src} holds no finished stage; run the job first.")
+    if stage.startswith("energies"):   # found by the layout (load_energy), not by this path
+      config.teacher.workdir = os.path.join("..", "..", "teachers", os.path.basename(stage))
+    shutil.copytree(os.path.join(checkpoint.checkpoint_dir(src), str(step)),
+                    os.path.join(checkpoint.checkpoint_dir(out), str(step)))
+    checkpoint.write_config(out, config)
+  shutil.copytree(os.path.join(workdir, "classifier"), os.path.join(dest, "classifier"))
+  shutil.copy(os.path.join(workdir, "config.json"), os.path.join(dest, "config.json"))
+  for parent, _, files in os.walk(dest):   # orbax's commit markers name the saving path.
+    if "commit_success.txt" in files:
+      with open(os.path.join(parent, "commit_success.txt"), "w") as f:
+        f.write("Checkpoint commit was successful.")
 
 
 def digits_arrays(data_dir: str, split: str) -> dict:
@@ -193,21 +230,22 @@ def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
   """
   cls, stroke = energies["class"], energies["stroke"]
 
-  def e(model, params, label):
+  def e(model, params, label=None):   # E(x, σ) for one label; without: E(x, σ, label).
+    if label is None:
+      return lambda x, s, c: model.fn(params, x, s, c)
     return lambda x, s: model.fn(params, x, s, label)
 
   def tempered(params, cond):
     return targets.tempered(e(cls, params["class"], cond[0]), cond[1])
 
-  def guided(params, cond):
-    return targets.conditional_and(e(cls, params["class"], cls.null),
-                                   [e(cls, params["class"], cond[0])],
-                                   jnp.reshape(cond[1], (1,)))
+  def guided(params, cond):   # E(x|∅) + β (E(x|c) − E(x|∅)), ∅ and c in one network call.
+    return targets.label_sum(e(cls, params["class"]), jnp.stack([cls.null, cond[0]]),
+                             jnp.stack([1.0 - cond[1], cond[1]]))
 
-  def conjunction(params, cond):
+  def conjunction(params, cond):   # E(x|c) + E'(x|heavy) − E'(x|∅); scale 1 + 1 − 1.
     return targets.product([e(cls, params["class"], cond[0]),
-                            e(stroke, params["stroke"], HEAVY),
-                            e(stroke, params["stroke"], stroke.null)], [1.0, 1.0, -1.0])
+                            targets.label_sum(e(stroke, params["stroke"]),
+                                              jnp.array([HEAVY, stroke.null]), [1.0, -1.0])])
 
   return {("low_temperature", "smc"): tempered, ("low_temperature", "naive"): tempered,
           ("low_temperature", "cfg"): guided, ("and", "smc"): conjunction,
