@@ -154,7 +154,9 @@ def test_smoke_job_end_to_end_and_identities_on_the_learned_energy(tmp_path, cap
   digits.export_models(str(run), str(tmp_path / "exported"))
   os.rename(run, tmp_path / "moved")
   exported = tmp_path / "exported" / "energies" / "class"
-  assert str(tmp_path) not in (exported / "config.json").read_text()
+  assert str(run) not in (exported / "config.json").read_text()
+  assert json.loads((exported / "config.json").read_text())["teacher"]["workdir"] == os.path.join(
+      "..", "..", "teachers", "class")
   again = digits.load_energy(str(exported))
   np.testing.assert_array_equal(jax.vmap(lambda a: again.fn(again.params, a, 0.5, 3))(x), e(3))
   os.rename(tmp_path / "moved", run)
