@@ -22,7 +22,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -84,7 +83,7 @@ def main():
                                     images.IMAGE_SIGMA_DATA)   # β is an argument: one compile
       key = jax.random.key(config.seed)
       t0 = time.perf_counter()
-      jax.block_until_ready(sampler(params, key, *_conditions(classes, 1.0)))   # compile + run
+      jax.block_until_ready(sampler(params, key, *digits.sampler_conditions(classes, 1.0)))   # compile + run
       compile_and_run = time.perf_counter() - t0
       for beta in (betas if task == "low_temperature" else [1.0]):
         t0 = time.perf_counter()
@@ -102,11 +101,6 @@ def main():
         with open(args.out, "w") as f:
           json.dump({"device": jax.devices()[0].device_kind, "classes": classes,
                      "results": results}, f, indent=1)
-
-
-def _conditions(classes, beta):
-  cls = jnp.asarray(classes, jnp.int32)
-  return cls, jnp.full(cls.shape, beta)
 
 
 if __name__ == "__main__":

@@ -163,8 +163,9 @@ def load_energy(e_dir: str) -> ConditionalEnergy:
   """
   from fkdiff.training.tasks import load_teacher
   config, tree, _ = checkpoint.load_run(e_dir)
-  if os.path.isdir(_layout_teacher(e_dir)):
-    config.teacher.workdir = _layout_teacher(e_dir)
+  teacher_dir = _layout_teacher(e_dir)
+  if os.path.isdir(teacher_dir):
+    config.teacher.workdir = teacher_dir
   *_, sigma_data = load_teacher(config)
   model = models.EnergyModel(models.get_backbone(config.model), sigma_data,
                              config.energy.parameterization)
@@ -179,9 +180,7 @@ def export_models(workdir: str, dest: str) -> None:
   import shutil
   for stage in [f"{kind}/{name}" for kind in ("teachers", "energies") for name in MODELS]:
     src, out = os.path.join(workdir, stage), os.path.join(dest, stage)
-    config = checkpoint.read_config(src)
-    with checkpoint.make_manager(src, 1, 1) as manager:
-      step = manager.latest_step()
+    config, step = checkpoint.read_config(src), checkpoint.latest_step(src)
     if config is None or step is None:
       raise checkpoint.CheckpointError(f"{src} holds no finished stage; run the job first.")
     if stage.startswith("energies"):   # found by the layout (load_energy), not by this path
@@ -230,21 +229,20 @@ def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
   """
   cls, stroke = energies["class"], energies["stroke"]
 
-  def e(model, params, label=None):   # E(x, σ) for one label; without: E(x, σ, label).
-    if label is None:
-      return lambda x, s, c: model.fn(params, x, s, c)
+  def e(model, params, label):
     return lambda x, s: model.fn(params, x, s, label)
 
   def tempered(params, cond):
     return targets.tempered(e(cls, params["class"], cond[0]), cond[1])
 
   def guided(params, cond):   # E(x|∅) + β (E(x|c) − E(x|∅)), ∅ and c in one network call.
-    return targets.label_sum(e(cls, params["class"]), jnp.stack([cls.null, cond[0]]),
+    return targets.label_sum(functools.partial(cls.fn, params["class"]),
+                             jnp.stack([cls.null, cond[0]]),
                              jnp.stack([1.0 - cond[1], cond[1]]))
 
   def conjunction(params, cond):   # E(x|c) + E'(x|heavy) − E'(x|∅); scale 1 + 1 − 1.
     return targets.product([e(cls, params["class"], cond[0]),
-                            targets.label_sum(e(stroke, params["stroke"]),
+                            targets.label_sum(functools.partial(stroke.fn, params["stroke"]),
                                               jnp.array([HEAVY, stroke.null]), [1.0, -1.0])])
 
   return {("low_temperature", "smc"): tempered, ("low_temperature", "naive"): tempered,
@@ -336,12 +334,17 @@ def make_reference(judge: classifier_lib.ClassifierRun, train: dict,
                    images.heavy_stroke(train["x"], threshold) == 1, threshold)
 
 
+def sampler_conditions(classes, beta: float):
+  """The ``(classes (C,), betas (C,))`` arguments of a :func:`make_sampler` sampler."""
+  cls = jnp.asarray(classes, jnp.int32)
+  return cls, jnp.full(cls.shape, beta)
+
+
 def evaluate(sampler: Callable, params, key, task: str, beta: float, classes,
              judge: classifier_lib.ClassifierRun, reference: Reference):
   """Draws one batch per class with ``sampler`` (from :func:`make_sampler`) and scores it;
   returns ``(samples (C, N, H, W, 1), metrics, the sampler's diagnostics)``."""
-  cls = jnp.asarray(classes, jnp.int32)
-  samples, diag = sampler(params, key, cls, jnp.full(cls.shape, beta))
+  samples, diag = sampler(params, key, *sampler_conditions(classes, beta))
   samples = np.asarray(samples)
   keep = np.isin(reference.labels, classes) & (reference.heavy if task == "and" else True)
   stats = frechet.feature_stats(reference.features[keep])

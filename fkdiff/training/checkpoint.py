@@ -36,6 +36,14 @@ def make_manager(workdir: str, keep: int, every: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
+def latest_step(workdir: str) -> Optional[int]:
+  """The newest checkpoint step in ``workdir``, or ``None`` (reads no arrays)."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return None
+  with ocp.CheckpointManager(checkpoint_dir(workdir)) as manager:
+    return manager.latest_step()
+
+
 def read_config(workdir: str) -> Optional[ml_collections.ConfigDict]:
   """The ``config.json`` of a run's workdir, or ``None`` if there is none."""
   path = os.path.join(workdir, CONFIG_FILE)
