@@ -1,12 +1,13 @@
-"""SMC with the β = 1 kernels vs kernels matched to a tempered target (``potential_scale``).
+"""SMC with the β = 1 kernels vs kernels matched to a tempered target (``ExactRatio(scale=s)``).
 
   python benchmarks/smc_scale.py            # ~2 minutes on a 2-core CPU
 
-Exact energies, so every error is the sampler's. For each target, 16 independent SMC runs
-(different keys) with ``potential_scale=1`` (start ``N(0, σ_0² + σ_d²)``, kernels of variance
-``Δ_k``: METHOD.md §4 as written) and with the scale the target records (β for ``tempered``, 2
-for a product of two: start and kernels narrowed by it), the same keys for both; weighted
-estimates (no final resampling):
+Exact energies, so every error is the sampler's; exact-ratio weights (``weights=ExactRatio(...)``:
+exact for any step, and they estimate ``log Ẑ``), whose ``scale`` sets the kernels. For each
+target, 16 independent SMC runs (different keys) with ``ExactRatio(scale=1)`` (start
+``N(0, σ_0² + σ_d²)``, kernels of variance ``Δ_k``: METHOD.md §4 as written) and with the scale
+the target records (β for ``tempered``, 2 for a product of two: start and kernels narrowed by
+it), the same keys for both; weighted estimates (no final resampling):
 
 1. 2-D: the main job's two tasks (configs/toy2d.py's mixtures; 100 levels, N = 2,048): (a) the
    "unequal" mixture (weights 0.5 / 0.3 / 0.2, widths 0.4 / 0.15 / 0.25) at β = 3 and (b) the
@@ -23,7 +24,7 @@ import numpy as np
 
 from fkdiff.data import gmm, toy
 from fkdiff.diffusion import karras_sigmas
-from fkdiff.sampling import normalized_weights, product, smc_sample, tempered
+from fkdiff.sampling import ExactRatio, normalized_weights, product, smc_sample, tempered
 
 RUNS = 16
 NUM = 2048
@@ -31,7 +32,8 @@ NUM = 2048
 
 def runs(potential, sigmas, num, event_shape, sigma_data, scale):
   fn = jax.jit(jax.vmap(lambda k: smc_sample(k, potential, sigmas, num, event_shape,
-                                             sigma_data=sigma_data, potential_scale=scale)))
+                                             sigma_data=sigma_data,
+                                             weights=ExactRatio(scale=scale))))
   return fn(jax.random.split(jax.random.key(0), RUNS))
 
 

@@ -16,7 +16,7 @@ from conftest import ROOT
 from fkdiff import models
 from fkdiff.data import images
 from fkdiff.diffusion import edm
-from fkdiff.sampling import smc_sample, targets
+from fkdiff.sampling import ScoreOnly, smc_sample, targets
 from fkdiff.training import validate_config
 from fkdiff.training.config import config_module
 
@@ -339,7 +339,9 @@ def test_conditional_energy_with_null_label_is_the_unconditional_energy(conditio
 
 def test_product_and_guidance_identities_on_energies_and_smc_weights(conditional_energy):
   """``E_c + E_c = 2 E_c`` (product = tempering by 2) and AND(c, c) = guidance weight 2, on
-  potential values and on a whole SMC run (same key: same particles and weights)."""
+  potential values and on a whole SMC run (same key: same particles and weights). The run uses
+  score-only weights, which see the components ``w_i, ∇E_i`` and not only their sum (exact-ratio
+  weights see only ``U`` and ``∇U``, whose identity the values check already)."""
   energy, params = conditional_energy
   e_null = lambda p: lambda x, s: energy(p, x, s)
   e_c = lambda p: lambda x, s: energy(p, x, s, 3)
@@ -357,7 +359,8 @@ def test_product_and_guidance_identities_on_energies_and_smc_weights(conditional
     out = {}
     for name, (u, v) in pairs.items():
       values = [jax.vmap(f(params), in_axes=(0, None))(x, 0.7) for f in (u, v)]
-      runs = [smc_sample(key, f(params), sigmas, 4, (8, 8, 1), sigma_data=0.5) for f in (u, v)]
+      runs = [smc_sample(key, f(params), sigmas, 4, (8, 8, 1), sigma_data=0.5, weights=ScoreOnly())
+              for f in (u, v)]
       out[name] = (values, [(r.particles, r.log_weights, r.info.ess) for r in runs])
     return out
 

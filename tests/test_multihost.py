@@ -82,14 +82,15 @@ JOB = textwrap.dedent(f"""
 
 
 def smc_problem():
-  """The SMC problem of ``test_smc_sharding`` (a tempered product of two Gaussians, MALA)."""
+  """The SMC problem of ``test_smc_sharding`` (a tempered product of two Gaussians, MALA), with
+  exact-ratio weights (so that ``log Ẑ``, a cross-process reduction, is compared too)."""
   import jax.numpy as jnp
   from fkdiff.diffusion import karras_sigmas
-  from fkdiff.sampling import targets
+  from fkdiff.sampling import ExactRatio, rejuvenation, targets
   e1 = lambda x, s: 0.5 * jnp.sum((x - 1.0)**2) / (1 + s**2)
   e2 = lambda x, s: 0.5 * jnp.sum((x + 1.0)**2) / (0.5 + s**2)
   potential = targets.product([targets.tempered(e1, 2.0), e2])
-  kw = dict(sigma_data=1.0, rejuvenation="mala")
+  kw = dict(sigma_data=1.0, weights=ExactRatio(), rejuvenation=rejuvenation("mala"))
   return jax.random.key(3), potential, karras_sigmas(16, 0.002, 10.0), 128, kw
 
 

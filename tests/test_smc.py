@@ -15,8 +15,8 @@ import pytest
 
 from fkdiff.data import gmm
 from fkdiff.diffusion import karras_sigmas
-from fkdiff.sampling import (baselines, mcmc, normalized_weights, prior_sample, smc_sample,
-                             targets)
+from fkdiff.sampling import (ExactRatio, Resampling, ScoreOnly, baselines, mcmc,
+                             normalized_weights, prior_sample, smc_sample, targets)
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 10.0
 
@@ -30,10 +30,12 @@ def gauss_energy(mu, s2):
 
 
 def run_many(potential, num_runs, num, num_levels, event_shape=(1,), seed=0, sigma_data=1.0,
-             sigma_max=SIGMA_MAX, **kwargs):
+             sigma_max=SIGMA_MAX, weights=ExactRatio(), **kwargs):
+  """R independent runs (exact-ratio weights unless told: this file tests that scheme)."""
   sigmas = karras_sigmas(num_levels, SIGMA_MIN, sigma_max)
   fn = jax.jit(jax.vmap(lambda k: smc_sample(k, potential, sigmas, num, event_shape,
-                                             sigma_data=sigma_data, **kwargs)))
+                                             sigma_data=sigma_data, weights=weights,
+                                             **kwargs)))
   return fn(jax.random.split(jax.random.key(seed), num_runs))
 
 
@@ -124,7 +126,7 @@ def test_particle_chunks_give_the_unchunked_result():
   a = gmm.make_mixture([0.6, 0.4], [[-1.0, 0.0], [1.0, 0.0]], [0.5, 0.5])
   energy = functools.partial(gmm.energy, a)
   kwargs = dict(sigma_data=1.0, denoise_fn=functools.partial(gmm.denoiser, a),
-                drift_fn=functools.partial(gmm.score, a))
+                weights=ExactRatio(drift=functools.partial(gmm.score, a)))
   sigmas = karras_sigmas(12, SIGMA_MIN, 10.0)
   run = jax.jit(lambda key, chunk: smc_sample(key, targets.tempered(energy, 2.0), sigmas, 50, (2,),
                                               particle_chunk_size=chunk, **kwargs),
@@ -197,7 +199,7 @@ def test_hard_box_samples_inside_and_truncated_mean():
   assert_mc_close(per_run_mean(res, lambda x: x[..., 0]), np.sum(g * dens) / dens.sum(), 3)
   # final_resample: every returned particle inside.
   one = smc_sample(jax.random.key(0), potential, sigmas, 500, (1,), sigma_data=1.0,
-                   final_resample=True)
+                   final_resample=True, weights=ExactRatio())
   assert np.all((np.asarray(one.particles) >= lo) & (np.asarray(one.particles) <= hi))
 
 
@@ -223,7 +225,7 @@ def test_tempered_mixture_in_64_dimensions_matched_scale():
   np.testing.assert_allclose(energy(x, 0.5), gmm.energy(gmm.make_mixture(
       [0.7, 0.3], np.stack([m, -m]), [v0, v0]), x, 0.5), rtol=1e-5)
   potential = targets.tempered(energy, beta)
-  assert targets.scale_of(potential) == beta
+  assert float(targets.scale_of(potential)) == beta
   res = run_many(potential, num_runs=16, num=1024, num_levels=64, event_shape=(d,), seed=11,
                  sigma_data=0.5, sigma_max=80.0)
   plus = lambda x: (x @ m > 0).astype(jnp.float32)
@@ -236,7 +238,7 @@ def test_tempered_mixture_in_64_dimensions_matched_scale():
   assert np.all(np.abs(var - (v0 + SIGMA_MIN**2) / beta) < 0.03 * v0 / beta), var
   assert np.min(np.asarray(res.info.ess)[:, 0]) > 0.9 * 1024
   unmatched = run_many(potential, num_runs=1, num=1024, num_levels=64, event_shape=(d,),
-                       seed=11, sigma_data=0.5, sigma_max=80.0, potential_scale=1.0)
+                       seed=11, sigma_data=0.5, sigma_max=80.0, weights=ExactRatio(scale=1.0))
   assert float(np.asarray(unmatched.info.ess)[0, 0]) < 0.01 * 1024
 
 
@@ -245,11 +247,11 @@ def test_tempered_mixture_in_64_dimensions_matched_scale():
 def test_rejuvenation_keeps_correctness(kernel):
   beta = 2.0
   potential = targets.tempered(gauss_energy(0.0, 1.0), beta)
-  # potential_scale=1 (kernels not matched to β) makes the weights degenerate and resample,
+  # ExactRatio(scale=1) (kernels not matched to β) makes the weights degenerate and resample,
   # which is what exercises the rejuvenation here.
-  res = run_many(potential, num_runs=8, num=1000, num_levels=32, seed=6, rejuvenation=kernel,
-                 rejuvenation_steps=2, rejuvenation_step_size=lambda s: 0.1 * (s**2 + 0.5),
-                 potential_scale=1.0)
+  res = run_many(potential, num_runs=8, num=1000, num_levels=32, seed=6,
+                 rejuvenation=mcmc.rejuvenation(kernel, 2, lambda s: 0.1 * (s**2 + 0.5)),
+                 weights=ExactRatio(scale=1.0))
   assert_mc_close(per_run_mean(res, VAR), (1 + SIGMA_MIN**2) / beta, 3)
   resampled = np.asarray(res.info.resampled)
   acc = np.asarray(res.info.acceptance_rate)
@@ -258,18 +260,10 @@ def test_rejuvenation_keeps_correctness(kernel):
   assert np.all(acc[~resampled] == 0.0)
 
 
-def test_approximate_weights_run_and_are_roughly_right():
-  # Documented as approximate: only a loose check against the exact 0.5 (naive gives ≈ 1/3).
-  energy = gauss_energy(0.0, 1.0)
-  res = run_many(targets.tempered(energy, 2.0), num_runs=4, num=1000, num_levels=64, seed=7,
-                 weight_mode="approximate", base_energy=energy)
-  assert abs(per_run_mean(res, VAR).mean() - 0.5) < 0.06
-
-
 def test_resample_sigma_range_respected():
   potential = targets.tempered(gauss_energy(0.0, 1.0), 2.0)
-  res = run_many(potential, num_runs=2, num=500, num_levels=32, resample_sigma_range=(0.0, 1.0),
-                 ess_threshold=1.0)
+  res = run_many(potential, num_runs=2, num=500, num_levels=32,
+                 resampling=Resampling(ess_threshold=1.0, sigma_range=(0.0, 1.0)))
   sig = np.asarray(res.info.sigma)
   resampled = np.asarray(res.info.resampled)
   assert not resampled[sig > 1.0].any() and resampled[sig <= 1.0].any()
@@ -288,6 +282,29 @@ def test_annealed_mcmc_baselines(kernel):
   assert np.all(np.asarray(out.acceptance_rate) > 0.3)
   assert np.all(np.isfinite(np.asarray(out.particles)))
   assert abs(float(jnp.var(out.particles)) - 0.5) < 0.1   # baselines: a loose sanity bound
+
+
+def test_annealed_hmc_tunes_its_step_per_level():
+  """``target_acceptance``: the step follows the acceptance (fixed within a level); the tuned
+  sampler reaches the target's variance where the fixed 0.05 σ² step leaves HMC stuck."""
+  potential = targets.tempered(gauss_energy(0.0, 0.01), 2.0)        # narrow: N(0, 0.005)
+  sigmas = karras_sigmas(100, 0.01, SIGMA_MAX)                        # the toy2d job's grid
+  x0 = prior_sample(jax.random.key(0), 2000, (1,), SIGMA_MAX, 1.0)
+  run = jax.jit(lambda k, x, tgt: mcmc.annealed_mcmc_sample(
+      k, potential, x, sigmas, kernel="hmc", num_steps_per_level=3, target_acceptance=tgt),
+                static_argnums=2)
+  tuned, fixed = run(jax.random.key(1), x0, 0.75), run(jax.random.key(1), x0, None)
+  acc, h = np.asarray(tuned.acceptance_rate), np.asarray(tuned.step_size)
+  # The σ² schedule pulls the step down each level and the correction pushes it back up: the
+  # last levels accept 0.78-0.99 (measured), the fixed step ≈ 1 (it barely moves).
+  assert 0.6 < np.mean(acc[-10:]) < np.mean(np.asarray(fixed.acceptance_rate)[-10:]) - 0.05
+  np.testing.assert_allclose(np.asarray(fixed.step_size), 0.05 * np.asarray(sigmas)**2, rtol=1e-5)
+  assert h[-1] > 10 * float(fixed.step_size[-1])
+  exact = (0.01 + 0.01**2) / 2
+  assert abs(float(jnp.var(tuned.particles)) / exact - 1) < 0.15
+  assert float(jnp.var(fixed.particles)) > 2 * exact
+  with pytest.raises(ValueError, match="target_acceptance"):
+    mcmc.annealed_mcmc_sample(jax.random.key(0), potential, x0, sigmas, target_acceptance=1.5)
 
 
 # ---------------------------------------------------------------- other targets (formulas)
@@ -362,15 +379,38 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="event_shape"):
     smc_sample(key, mismatched, sigmas, 10, (2,), sigma_data=1.0)
   with pytest.raises(ValueError, match="systematic"):
-    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, resampling="nope")
-  with pytest.raises(ValueError, match="base_energy"):
-    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, weight_mode="approximate")
+    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, resampling=Resampling("nope"))
+  with pytest.raises(ValueError, match="ess_threshold"):
+    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, resampling=Resampling(
+        ess_threshold=1.5))
+  with pytest.raises(ValueError, match="ExactRatio"):
+    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, weights="exact")
+  with pytest.raises(ValueError, match="scale"):
+    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, weights=ExactRatio(scale=0.0))
+  with pytest.raises(ValueError, match="num_steps"):
+    mcmc.rejuvenation("mala", num_steps=0)
+
+
+@pytest.mark.parametrize("scheme", [ExactRatio(), ScoreOnly()])
+def test_driver_vmaps_over_conditions(scheme):
+  """Targets are pytrees: one compiled sampler vmapped over β gives each β's own run."""
+  energy = gauss_energy(0.0, 1.0)
+  sigmas = karras_sigmas(16, SIGMA_MIN, SIGMA_MAX)
+  run = lambda beta: smc_sample(jax.random.key(3), targets.tempered(energy, beta), sigmas, 64,
+                                (1,), sigma_data=1.0, weights=scheme)
+  betas = jnp.array([1.0, 2.0, 4.0])
+  batched = jax.jit(jax.vmap(run))(betas)
+  for i, beta in enumerate([1.0, 2.0, 4.0]):
+    one = jax.jit(run)(beta)
+    np.testing.assert_allclose(batched.particles[i], one.particles, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(batched.log_weights[i], one.log_weights, rtol=1e-4, atol=1e-4)
 
 
 def test_all_weights_minus_inf_is_flagged_not_nan():
   empty_box = targets.bounded_hard(gauss_energy(0.0, 1.0), 1.0, -1.0, jnp.inf)  # lower > upper
   sigmas = karras_sigmas(16, SIGMA_MIN, SIGMA_MAX)
-  res = jax.jit(lambda k: smc_sample(k, empty_box, sigmas, 64, (1,), sigma_data=1.0))(
+  res = jax.jit(lambda k: smc_sample(k, empty_box, sigmas, 64, (1,), sigma_data=1.0,
+                                     weights=ExactRatio()))(
       jax.random.key(0))
   assert bool(res.weights_invalid) and np.all(np.asarray(res.info.weights_invalid))
   assert np.isneginf(float(res.log_Z))
@@ -383,11 +423,12 @@ def test_jit_and_compile_size_independent_of_steps():
   def eqns(num_levels):
     sigmas = karras_sigmas(num_levels, SIGMA_MIN, SIGMA_MAX)
     f = lambda k: smc_sample(k, potential, sigmas, 16, (1,), sigma_data=1.0,
-                             rejuvenation="mala", denoise_fn=lambda x, s: x)
+                             rejuvenation=mcmc.rejuvenation("mala"), denoise_fn=lambda x, s: x)
     return len(jax.make_jaxpr(f)(jax.random.key(0)).jaxpr.eqns)
 
   assert eqns(10) == eqns(1000)
   sigmas = karras_sigmas(10, SIGMA_MIN, SIGMA_MAX)
-  jitted = jax.jit(smc_sample, static_argnums=(1, 3, 4), static_argnames=("sigma_data",))
+  # A target is a pytree: it can be a traced argument (its weights, e.g. β, are leaves).
+  jitted = jax.jit(smc_sample, static_argnums=(3, 4), static_argnames=("sigma_data",))
   res = jitted(jax.random.key(0), potential, sigmas, 16, (1,), sigma_data=1.0)
   assert res.particles.shape == (16, 1) and res.info.ess.shape == (9,)

@@ -1,4 +1,5 @@
-"""Particles sharded over 2 fake CPU devices give the same result as 1 device for the same key.
+"""Particles sharded over 2 fake CPU devices give the same result as 1 device for the same key
+(exact-ratio and score-only weights).
 
 The 2-device run happens in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=2``
 set before jax is imported (the main pytest process keeps its single device).
@@ -20,28 +21,34 @@ SCRIPT = textwrap.dedent("""
     from jax.sharding import Mesh
     from fkdiff.diffusion import karras_sigmas
     from fkdiff.sampling import smc_sample, targets
-    from tests_smc_problem import problem
+    from tests_smc_problem import SCHEMES, problem
     assert jax.device_count() == 2, jax.devices()
     key, potential, sigmas, n, kw = problem()
     mesh = Mesh(np.asarray(jax.devices()), ("particles",))
-    res = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), mesh=mesh, **kw))(key)
-    assert len(res.particles.sharding.device_set) == 2, res.particles.sharding
-    one = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), **kw))(key)
-    np.savez(sys.argv[1], particles=np.asarray(res.particles), log_w=np.asarray(res.log_weights),
-             log_Z=np.asarray(res.log_Z), resampled=np.asarray(res.info.resampled),
-             one_particles=np.asarray(one.particles))
+    out = {}
+    for name, weights in SCHEMES.items():
+      res = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), mesh=mesh, weights=weights,
+                                         **kw))(key)
+      assert len(res.particles.sharding.device_set) == 2, res.particles.sharding
+      one = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), weights=weights, **kw))(key)
+      out.update({f"{name}/particles": res.particles, f"{name}/log_w": res.log_weights,
+                  f"{name}/log_Z": res.log_Z, f"{name}/resampled": res.info.resampled,
+                  f"{name}/one_particles": one.particles})
+    np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in out.items()})
 """)
 
 PROBLEM = textwrap.dedent("""
     import jax, jax.numpy as jnp
     from fkdiff.diffusion import karras_sigmas
-    from fkdiff.sampling import targets
+    from fkdiff.sampling import ExactRatio, ScoreOnly, rejuvenation, targets
+
+    SCHEMES = {"exact": ExactRatio(), "score_only": ScoreOnly()}   # both weight schemes
 
     def problem():
       e1 = lambda x, s: 0.5 * jnp.sum((x - 1.0)**2) / (1 + s**2)
       e2 = lambda x, s: 0.5 * jnp.sum((x + 1.0)**2) / (0.5 + s**2)
       potential = targets.product([targets.tempered(e1, 2.0), e2])
-      kw = dict(sigma_data=1.0, rejuvenation="mala")
+      kw = dict(sigma_data=1.0, rejuvenation=rejuvenation("mala"))
       return jax.random.key(3), potential, karras_sigmas(24, 0.002, 10.0), 256, kw
 """)
 
@@ -61,16 +68,19 @@ def test_two_devices_match_one_device(tmp_path):
 
   sys.path.insert(0, str(tmp_path))
   try:
-    from tests_smc_problem import problem  # pylint: disable=import-outside-toplevel
+    from tests_smc_problem import SCHEMES, problem  # pylint: disable=import-outside-toplevel
   finally:
     sys.path.remove(str(tmp_path))
   from fkdiff.sampling import smc_sample  # pylint: disable=import-outside-toplevel
   assert jax.device_count() == 1
   key, potential, sigmas, n, kw = problem()
-  one = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), **kw))(key)
-
-  assert two["resampled"].any()                       # global resampling was exercised
-  np.testing.assert_allclose(two["particles"], np.asarray(one.particles), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(two["log_w"], np.asarray(one.log_weights), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(two["log_Z"], np.asarray(one.log_Z), rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(two["one_particles"], np.asarray(one.particles), rtol=1e-4, atol=1e-4)
+  for name, weights in SCHEMES.items():
+    one = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), weights=weights, **kw))(key)
+    got = {k.split("/", 1)[1]: v for k, v in two.items() if k.startswith(name + "/")}
+    assert got["resampled"].any(), name                 # global resampling was exercised
+    # log Ẑ: a number under exact-ratio weights, NaN under score-only ones.
+    assert np.isfinite(got["log_Z"]) == (name == "exact"), (name, got["log_Z"])
+    for key_, want in (("particles", one.particles), ("log_w", one.log_weights),
+                       ("log_Z", one.log_Z), ("one_particles", one.particles)):
+      np.testing.assert_allclose(got[key_], np.asarray(want), rtol=1e-4, atol=1e-4,
+                                 err_msg=f"{name} {key_}")

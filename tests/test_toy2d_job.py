@@ -24,8 +24,15 @@ def test_smoke_pipeline_writes_every_entry_and_reuses_stages(tmp_path, capsys):
       for source in toy2d.SOURCES:
         row = saved[task][f"{method}/{source}"]
         assert {"mode_mass_tv", "nll", "sliced_wasserstein", "energy_distance"} <= set(row)
-    assert saved[task]["smc/exact"]["log_Z_exact"] == pytest.approx(saved[task]["exact_log_Z"])
-  assert results == saved
+    assert saved[task]["smc_ratio/exact"]["log_Z_exact"] == pytest.approx(
+        saved[task]["exact_log_Z"])
+    # Two seeds: a mean and a spread for every metric; the learned model's own floor.
+    row = saved[task]["smc_score/learned"]
+    assert row["mode_mass_tv_std"] >= 0 and 0 <= row["mode_mass_tv"] <= 1
+    assert 0 <= saved[task]["floor/learned"]["mode_mass_tv"] <= 1
+    assert saved[task]["smc_score/exact"]["log_Z"] != saved[task]["smc_score/exact"]["log_Z"]
+  # The same values (compared as JSON text: score-only SMC's log Ẑ is NaN, and NaN != NaN).
+  assert json.dumps(results, sort_keys=True) == json.dumps(saved, sort_keys=True)
   for name in ("product.png", "low_temperature.png", "ess.png", "results.txt"):
     assert (tmp_path / name).stat().st_size > 0
   # A rerun reuses the finished teachers and energies instead of training again.
@@ -43,7 +50,7 @@ def test_smc_beats_the_naive_sampler_with_exact_energies(tmp_path):
   config = _config()
   config.seed = 7
   config.energies = ("exact",)
-  config.methods = ("smc", "naive")
+  config.methods = ("smc_ratio", "naive")
   config.datasets.ring.mixture_kwargs = {"num_modes": 6, "radius": 1.8, "std": 0.25}
   config.datasets.bar.mixture_kwargs = {"separation": 2.0, "long_std": 1.2, "short_std": 0.25,
                                         "weights": (0.35, 0.65)}
@@ -57,14 +64,14 @@ def test_smc_beats_the_naive_sampler_with_exact_energies(tmp_path):
   config.eval.grid_size = 200
   results = toy2d.run(config, str(tmp_path))
   for task in toy2d.TASKS:
-    smc, naive = results[task]["smc/exact"], results[task]["naive/exact"]
+    smc, naive = results[task]["smc_ratio/exact"], results[task]["naive/exact"]
     assert smc["mode_mass_tv"] < 0.5 * naive["mode_mass_tv"], (task, smc, naive)
     assert smc["mode_mass_tv"] < 0.06, (task, smc)
 
 
 def test_bad_names_are_rejected():
   config = _config("smoke")
-  config.methods = ("smc", "langevin")
+  config.methods = ("smc_score", "langevin")
   with pytest.raises(ValueError, match="Unknown method 'langevin'"):
     toy2d.validate_job_config(config)
   config = _config("smoke")

@@ -6,13 +6,18 @@ Stages (each a ``train_and_evaluate`` run in its own sub-workdir; finished ones 
   3. sampling tasks, each with every method and energy source:
      - ``product``: the product of two models (``∝ p_a p_b``),
      - ``low_temperature``: ``∝ p^β`` of a mixture with unequal weights;
-     methods ``smc`` (Feynman–Kac SMC), ``naive`` (reverse diffusion on summed / scaled scores),
-     ``mala`` / ``hmc`` (annealed MCMC); energy sources ``learned`` (the distilled energies) and
-     ``exact`` (closed-form diffused mixtures), which separates learning error from sampler error.
+     methods ``smc_score`` (Feynman–Kac SMC with score-only weights, METHOD.md §4b),
+     ``smc_ratio`` (SMC with exact-ratio weights, §4), ``naive`` (reverse diffusion on summed /
+     scaled scores), ``mala`` / ``hmc`` (annealed MCMC); energy sources ``learned`` (the distilled
+     energies) and ``exact`` (closed-form diffused mixtures), which separates learning error from
+     sampler error.
 Every sample set is scored against the exact target at the final level σ_K: NLL, mode masses,
 sliced Wasserstein and energy distance to exact samples, ESS and ``log Ẑ`` (vs the exact value
-where the energies are normalised). Outputs: ``results.json``, a printed table, PNG plots,
-TensorBoard scalars.
+where the energies are normalised). Each method runs ``eval.num_seeds`` times (independent keys);
+a row holds the mean over seeds and ``<metric>_std`` their standard deviation. The row
+``floor/learned`` is the learned model's own floor: the mode-mass TV of ``exp(−U_learned(·, σ_K))``
+tabulated on the grid against the exact target, so sampler error and model error read apart.
+Outputs: ``results.json``, a printed table, PNG plots (seed 0), TensorBoard scalars.
 """
 
 import functools
@@ -31,12 +36,14 @@ from fkdiff.diffusion import edm
 from fkdiff.evaluation import distances, grid as grid_lib, plots
 from fkdiff.experiments import common
 from fkdiff.sampling import mcmc, reverse, smc, targets
+from fkdiff.sampling import weights as weights_lib
 from fkdiff.sampling.baselines import naive_reverse_sample
 from fkdiff.training import checkpoint
 from fkdiff.training.config import default_config, validate_config
 
 TASKS = ("product", "low_temperature")
-METHODS = ("smc", "naive", "mala", "hmc")
+METHODS = ("smc_score", "smc_ratio", "naive", "mala", "hmc")
+SMC_WEIGHTS = {"smc_score": weights_lib.ScoreOnly, "smc_ratio": weights_lib.ExactRatio}
 SOURCES = ("learned", "exact")
 
 
@@ -64,7 +71,12 @@ def job_config() -> ml_collections.ConfigDict:
   c.sampler.rejuvenation_steps = 1
   c.sampler.mcmc_steps_per_level = 3
   c.sampler.mcmc_step_scale = 0.05              # MCMC step size = scale · σ_k² (+ floor below).
+  c.sampler.num_leapfrog = 5                    # HMC (annealed baseline and rejuvenation).
+  c.sampler.mala_target_acceptance = 0.0        # > 0: annealed MALA tunes its step per level.
+  c.sampler.hmc_target_acceptance = 0.0         # > 0: annealed HMC tunes its step per level.
+  c.sampler.score_rule = "left"                 # smc_score's quadrature: 'left' | 'trapezoid'.
   c.eval = ml_collections.ConfigDict()
+  c.eval.num_seeds = 1                          # independent runs of every method (mean ± std).
   c.eval.grid_size = 400
   c.eval.num_distance_samples = 2048
   return c
@@ -218,8 +230,9 @@ def task_potential(task: str, config, energies: Energies):
   return potential, {n: energies.params[n] for n in names}, names
 
 
-def run_method(method: str, key, potential, params, config, sigma_data: float):
-  """Samples the task with one method; returns ``(samples (N, 2), diagnostics dict)``.
+def run_method(method: str, keys, potential, params, config, sigma_data: float):
+  """Samples the task with one method once per key (one compiled sampler); returns a list of
+  ``(samples (N, 2), diagnostics dict)``, one per key.
 
   The potential's parameters enter the jitted sampler as arguments (never as constants).
   """
@@ -227,16 +240,20 @@ def run_method(method: str, key, potential, params, config, sigma_data: float):
   sigmas = edm.karras_sigmas(s.num_steps, s.sigma_min, s.sigma_max, s.rho)
   n = s.num_particles
   step_size = lambda sig: s.mcmc_step_scale * sig**2 + 1e-4
+  if method in SMC_WEIGHTS:
+    scheme = (weights_lib.ScoreOnly(rule=s.score_rule) if method == "smc_score"
+              else weights_lib.ExactRatio())
+    rejuvenation = (mcmc.rejuvenation(s.rejuvenation, s.rejuvenation_steps,
+                                      num_leapfrog=s.num_leapfrog) if s.rejuvenation else None)
 
   @jax.jit
   def sample(params, key):
     u = potential(params)
     k_init, k_run = jax.random.split(key)
-    if method == "smc":
-      res = smc.smc_sample(k_run, u, sigmas, n, (2,), sigma_data=sigma_data,
-                           ess_threshold=s.ess_threshold, final_resample=True,
-                           rejuvenation=s.rejuvenation or None,
-                           rejuvenation_steps=s.rejuvenation_steps)
+    if method in SMC_WEIGHTS:
+      res = smc.smc_sample(k_run, u, sigmas, n, (2,), sigma_data=sigma_data, weights=scheme,
+                           resampling=smc.Resampling(ess_threshold=s.ess_threshold),
+                           rejuvenation=rejuvenation, final_resample=True)
       return res.particles, {"ess_final": res.ess, "ess_min_fraction": jnp.min(res.info.ess) / n,
                              "num_resampled": jnp.sum(res.info.resampled),
                              "log_Z": res.log_Z, "ess_path": res.info.ess / n}
@@ -245,10 +262,11 @@ def run_method(method: str, key, potential, params, config, sigma_data: float):
       return naive_reverse_sample(k_run, u, x_init, sigmas), {}
     res = mcmc.annealed_mcmc_sample(k_run, u, x_init, sigmas, kernel=method,
                                     num_steps_per_level=s.mcmc_steps_per_level,
-                                    step_size=step_size)
+                                    step_size=step_size, num_leapfrog=s.num_leapfrog,
+                                    target_acceptance=s[f"{method}_target_acceptance"] or None)
     return res.particles, {"acceptance_rate": jnp.mean(res.acceptance_rate)}
 
-  return sample(params, key)
+  return [sample(params, key) for key in keys]
 
 
 @functools.partial(jax.jit, static_argnames="num_distance")
@@ -283,6 +301,28 @@ def score_samples(samples, truth: Truth, key, num_distance: int) -> dict:
   return {k: float(v) for k, v in _score(jnp.asarray(samples), truth, key, num).items()}
 
 
+def _mean_and_std(per_seed: list) -> dict:
+  """Mean of every metric over seeds, and ``<metric>_std`` (their std) when there are several."""
+  out = {}
+  for name in per_seed[0]:
+    values = np.asarray([m[name] for m in per_seed], np.float64)
+    out[name] = float(np.mean(values))
+    if len(per_seed) > 1:
+      out[f"{name}_std"] = float(np.std(values, ddof=1))
+  return out
+
+
+def model_floor(target, truth: Truth, sigma) -> dict:
+  """The learned model's own error: mode masses of ``exp(−U(·, σ_K))`` tabulated on the truth's
+  grid against the exact ones (what a perfect sampler of the learned target would score)."""
+  n = int(round(2 * truth.grid.lim / truth.grid.cell))
+  grid = grid_lib.tabulate(lambda x: -target(x, sigma), truth.grid.lim, n)
+  masses = grid_lib.region_masses(grid, functools.partial(assign_modes, truth.modes),
+                                  truth.modes.num_components)
+  err = jnp.abs(masses - truth.mode_masses)
+  return {"mode_mass_tv": float(0.5 * jnp.sum(err)), "mode_mass_max_error": float(jnp.max(err))}
+
+
 def run_tasks(config, workdir: str, learned: Energies | None, mixtures) -> dict:
   """Stage 3: every task × method × energy source; returns the nested results dict."""
   results, figures = {}, {}
@@ -303,16 +343,22 @@ def run_tasks(config, workdir: str, learned: Energies | None, mixtures) -> dict:
     for source in config.energies:
       potential, params, names = task_potential(task, config, sources[source])
       sigma_data = float(np.mean([gmm_lib.data_std(mixtures[n]) for n in names]))
+      if source == "learned":
+        results[task]["floor/learned"] = model_floor(potential(params), truth, sigma_k)
       for method in config.methods:
         key, k_run, k_eval = jax.random.split(key, 3)
-        samples, diag = run_method(method, k_run, potential, params, config, sigma_data)
-        metrics = score_samples(samples, truth, k_eval, config.eval.num_distance_samples)
-        for name, value in diag.items():
-          if name != "ess_path":
-            metrics[name] = float(value)
-        if method == "smc" and source == "exact":
+        runs = run_method(method, jax.random.split(k_run, config.eval.num_seeds), potential,
+                          params, config, sigma_data)
+        per_seed = []
+        for (samples, diag), k in zip(runs, jax.random.split(k_eval, len(runs))):
+          metrics = score_samples(samples, truth, k, config.eval.num_distance_samples)
+          metrics.update({n: float(v) for n, v in diag.items() if n != "ess_path"})
+          per_seed.append(metrics)
+        metrics = _mean_and_std(per_seed)
+        if method == "smc_ratio" and source == "exact":
           metrics["log_Z_exact"] = truth.log_z
         results[task][f"{method}/{source}"] = metrics
+        samples, diag = runs[0]
         figures[(task, method, source)] = (np.asarray(samples), diag.get("ess_path"))
     plots.task_figure(os.path.join(workdir, f"{task}.png"), task, truth.grid, figures,
                       config.methods, config.energies)
@@ -324,9 +370,11 @@ def run_tasks(config, workdir: str, learned: Energies | None, mixtures) -> dict:
 
 def format_table(results: dict) -> str:
   """The results as a fixed-width text table (one row per task × method × energy source)."""
-  cols = ("mode_mass_tv", "nll", "sliced_wasserstein", "energy_distance", "ess_min_fraction",
-          "log_Z", "log_Z_exact")
-  rows = [((task, name), metrics) for task, task_rows in results.items()
+  cols = ("mode_mass_tv", "tv_seed_std", "nll", "sliced_wasserstein", "energy_distance",
+          "ess_min_fraction", "log_Z", "log_Z_exact")
+  rename = {"mode_mass_tv_std": "tv_seed_std"}       # the header keeps 12 characters
+  rows = [((task, name), {rename.get(k, k): v for k, v in metrics.items()})
+          for task, task_rows in results.items()
           for name, metrics in task_rows.items() if isinstance(metrics, dict)]
   return "\n".join(common.metrics_table((("task", 16), ("method/energy", 15)), cols, rows, 12))
 

@@ -9,7 +9,7 @@ Non-finite potentials: a proposal with ``U = +inf`` (e.g. outside a hard box) or
 rejected; a state with ``U = +inf`` accepts any finite proposal.
 """
 
-from typing import Callable, NamedTuple, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -132,10 +132,34 @@ def run_chains(key: Array, states: MCMCState, potential_fn: PotentialFn, kernel,
   return states, jnp.mean(acc)
 
 
+def rejuvenation(kernel: str = "mala", num_steps: int = 1,
+                 step_size: Union[float, Callable[[Array], Array], None] = None,
+                 num_leapfrog: int = 5):
+  """An SMC rejuvenation kernel: ``rejuvenate(key, chains, potential_fn, σ) -> (chains, acc)``.
+
+  Runs ``num_steps`` of ``kernel`` (``'mala'`` | ``'hmc'``; ``'ula'`` is accepted but biased) on
+  every particle, leaving ``exp(−U(·, σ))`` invariant (MALA/HMC compare energies at one σ only).
+
+  Args:
+    step_size: float or function of σ; default :func:`default_step_size` (``0.05 σ²``).
+    num_leapfrog: leapfrog steps for HMC.
+  """
+  kern = get_kernel(kernel, num_leapfrog)
+  step_size_fn = resolve_step_size(step_size)
+  if not isinstance(num_steps, int) or num_steps < 1:
+    raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}.")
+
+  def rejuvenate(key, chains: MCMCState, potential_fn: PotentialFn, sigma):
+    return run_chains(key, chains, potential_fn, kern, step_size_fn(sigma), num_steps)
+  return rejuvenate
+
+
 class AnnealedMCMCResult(NamedTuple):
-  """``particles (N, *event)`` at the last level; ``acceptance_rate (K,)`` per σ level."""
+  """``particles (N, *event)`` at the last level; ``acceptance_rate (K,)`` and the kernel's
+  ``step_size (K,)`` per σ level."""
   particles: Array
   acceptance_rate: Array
+  step_size: Array
 
 
 def default_step_size(sigma, scale: float = 0.05):
@@ -146,7 +170,8 @@ def default_step_size(sigma, scale: float = 0.05):
 def annealed_mcmc_sample(key: Array, potential: Callable[[Array, Array], Array], x_init: Array,
                          sigmas: Array, kernel: str = "mala", num_steps_per_level: int = 5,
                          step_size: Union[float, Callable[[Array], Array], None] = None,
-                         num_leapfrog: int = 5) -> AnnealedMCMCResult:
+                         num_leapfrog: int = 5,
+                         target_acceptance: Optional[float] = None) -> AnnealedMCMCResult:
   """Annealed MCMC (Du et al. 2023 baselines): ``k`` kernel steps targeting ``exp(−U(·, σ_k))``
   at each level ``σ_0 > … > σ_K``, without weights.
 
@@ -159,22 +184,38 @@ def annealed_mcmc_sample(key: Array, potential: Callable[[Array, Array], Array],
     num_steps_per_level: kernel steps per level.
     step_size: float, or a function of σ; default :func:`default_step_size`.
     num_leapfrog: leapfrog steps for HMC.
+    target_acceptance: if given, the step size is tuned level by level (Du et al. 2023 tune per
+      level): level k uses ``h_k``, fixed within the level (so each level's kernel is a valid
+      MCMC kernel), and ``h_{k+1} = h_k · (σ_{k+1}/σ_k)^p · exp(2 (acc_k − target))`` from level
+      k's mean acceptance, with ``p`` the power of σ in ``step_size`` between the two levels
+      (2 for the default). ``h_0 = step_size(σ_0)``.
   Returns:
     :class:`AnnealedMCMCResult`; acceptance is 1 for ULA.
   """
   kern = get_kernel(kernel, num_leapfrog)
   step_size_fn = resolve_step_size(step_size)
   sigmas = jnp.asarray(sigmas, jnp.float32)
+  if target_acceptance is not None and not 0.0 < target_acceptance < 1.0:
+    raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance}.")
 
-  def level(x, inp):
-    k, sigma = inp
+  def level(carry, inp):
+    x, h = carry
+    k, sigma, sigma_next = inp
+    h = step_size_fn(sigma) if target_acceptance is None else h
     fn = lambda y: potential(y, sigma)
     states = jax.vmap(init, in_axes=(0, None))(x, fn)
-    states, acc = run_chains(k, states, fn, kern, step_size_fn(sigma), num_steps_per_level)
-    return states.position, acc
+    states, acc = run_chains(k, states, fn, kern, h, num_steps_per_level)
+    # The schedule's own change to the next level, times the acceptance correction.
+    h_next = h * step_size_fn(sigma_next) / step_size_fn(sigma)
+    if target_acceptance is not None:
+      h_next = h_next * jnp.exp(2.0 * (acc - target_acceptance))
+    return (states.position, h_next), (acc, h)
 
-  x, acc = jax.lax.scan(level, x_init, (jax.random.split(key, sigmas.shape[0]), sigmas))
-  return AnnealedMCMCResult(x, acc)
+  h0 = jnp.asarray(step_size_fn(sigmas[0]), jnp.float32)
+  nexts = jnp.append(sigmas[1:], sigmas[-1])
+  (x, _), (acc, h) = jax.lax.scan(
+      level, (x_init, h0), (jax.random.split(key, sigmas.shape[0]), sigmas, nexts))
+  return AnnealedMCMCResult(x, acc, h)
 
 
 def resolve_step_size(step_size) -> Callable[[Array], Array]:

@@ -1,35 +1,133 @@
-"""Feynman–Kac potentials ``U(x, σ) -> scalar`` built from energy callables (METHOD.md §4).
+"""Feynman–Kac targets: small objects that say what SMC samples (METHOD.md §4, §4b).
 
-Every function here takes per-example energy callables ``E(x, σ) -> scalar`` (``x`` of shape
-``event_shape``, scalar σ; analytic or a learned closure over parameters) and returns a new
-callable **with the same signature**, so targets compose freely, e.g.
-``product([tempered(E1, 2.0), E2])`` or ``bounded_soft(conditional_and(E, [E_c]), lo, hi)``.
-The SMC sampler uses ``U_k(x) = U(x, σ_k)`` as the k-th intermediate target
-``γ_k = exp(−U_k)``; its final target is ``exp(−U(x, σ_K))`` at the last level ``σ_K`` of the grid
-(at small ``σ_K`` this is, to ``O(σ_K²)``, the density listed under "Final target" in each
-docstring, whose ``p`` stands for the model's ``p_0``; exactly, ``p`` is ``p_{σ_K}``).
+A :class:`Target` is the potential
 
-Each target records its **potential scale** ``s`` (``U ≈ s E``: β for :func:`tempered`, ``Σ w_i``
-for :func:`product` and :func:`label_sum`), read with :func:`scale_of`;
-:func:`fkdiff.sampling.smc_sample` matches its start and kernels to it (see its
-``potential_scale``). Plain energies have ``s = 1``; the OR and NOT targets report 1. Scales
-compose linearly (a ratio ``E(x|c) − E(x|∅)`` records 0); :func:`scale_of` reports a total ≤ 0 as 1.
+    U(x, σ) = Σ_i w_i E_i(x, σ)  +  Σ_j v_j T_j(x, σ)
 
-Energies need only be defined up to an additive gauge ``c(σ)`` (METHOD.md §2): it cancels in
-the self-normalised SMC weights, but not in ``log Ẑ``; :func:`tempered` multiplies it by β,
-and :func:`disjunction` (OR) needs normalised or gauge-consistent energies to mean what it says.
+of per-example energy callables ``E_i(x, σ) -> scalar`` (the *diffusion energies*: each is, or
+approximates, ``−log p_{i,σ}`` of a diffusion, analytic or a learned closure over parameters)
+and extra *terms* ``T_j`` that are not energies of a diffusion (a box penalty, a reward). It is
+callable, ``U = target(x, σ)``, and it is a pytree (the weights are its leaves, the callables
+static), so it survives ``functools.partial``, closures, ``jit`` and ``vmap`` (e.g. over β).
+
+Why the components are kept apart: the exact-ratio weights need only ``U`` and ``∇U``, but the
+score-only weights of METHOD.md §4b need every ``∇E_i`` and ``w_i`` (``log G ∝ ‖Σ w_i ∇E_i‖² −
+Σ w_i ‖∇E_i‖²``), and treat the terms by their own exact increments ``−T_{k+1}(x') + T_k(x)``
+(:mod:`fkdiff.sampling.weights`).
+
+Every constructor accepts plain energy callables or targets and returns a target, so they compose:
+``product([tempered(E1, 2.0), E2])``, ``bounded_soft(conditional_and(E, [E_c]), lo, hi)``. The SMC
+sampler uses ``U_k = U(·, σ_k)`` as the k-th intermediate target ``γ_k = exp(−U_k)``; its final
+target is ``exp(−U(x, σ_K))`` (to ``O(σ_K²)`` the density under "Final target" in each docstring,
+whose ``p`` stands for the model's ``p_0``; exactly, ``p`` is ``p_{σ_K}``).
+
+**Scale.** :attr:`Target.scale` is ``s = Σ_i w_i`` (``U ≈ s E``: β for :func:`tempered`, the
+number of factors for :func:`product`, 1 for :func:`conditional_and`; a ratio ``E(x|c) − E(x|∅)``
+has 0), reported as 1 when the sum is ≤ 0. The SMC sampler sizes its start (and, for exact-ratio
+weights, its kernels) to it; :func:`scale_of` reads it from any callable.
+
+Energies need only be defined up to an additive gauge ``c(σ)`` (METHOD.md §2): it cancels in the
+self-normalised SMC weights, but not in ``log Ẑ``; :func:`tempered` multiplies it by β, and
+:func:`disjunction` (OR) needs normalised or gauge-consistent energies to mean what it says.
 """
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from fkdiff.models.energy import denoiser_from_energy
 
 Array = jax.Array
 EnergyFn = Callable[[Array, Array], Array]
+Stacked = Callable[[Array, Array], Array]      # (x, σ) -> (L,)
+
+
+@struct.dataclass
+class Target:
+  """``U(x, σ) = Σ_i w_i E_i(x, σ) + Σ_j v_j T_j(x, σ)`` for one example.
+
+  The diffusion energies come in groups: ``energies[g]`` is ``E(x, σ)`` (one energy) when
+  ``labels[g]`` is None, else a conditional ``E(x, σ, label)`` evaluated on every label of
+  ``labels[g]`` in one batched call (a network runs once on all its labels).
+
+  Attributes:
+    energies: static tuple of energy callables, one per group.
+    labels: tuple, per group, of None or a ``(L_g, ...)`` array of labels.
+    weights: ``(L,)`` weights ``w_i`` (any sign), ``L = Σ_g L_g`` (``L_g = 1`` without labels).
+    terms: static ``(x, σ) -> (M,)``: terms that are not diffusion energies, or None.
+    term_weights: ``(M,)`` weights ``v_j`` (``(0,)`` without terms).
+  """
+  energies: Tuple[Callable, ...] = struct.field(pytree_node=False)
+  labels: Tuple[Optional[Array], ...]
+  weights: Array
+  terms: Optional[Stacked] = struct.field(pytree_node=False, default=None)
+  term_weights: Array = struct.field(default_factory=lambda: jnp.zeros((0,), jnp.float32))
+
+  def __call__(self, x: Array, sigma: Array) -> Array:
+    """``U(x, σ)``: scalar."""
+    return self.diffusion_potential(x, sigma) + self.term_potential(x, sigma)
+
+  def energy_values(self, x: Array, sigma: Array) -> Array:
+    """``(E_1 … E_L)(x, σ)``: ``(L,)``."""
+    return jnp.concatenate([_group_values(fn, c, x, sigma)
+                            for fn, c in zip(self.energies, self.labels)])
+
+  def energy_values_and_grads(self, x: Array, sigma: Array) -> Tuple[Array, Array]:
+    """``((L,), (L, *x.shape))``: every ``E_i`` and its gradient ``∇_x E_i``, one backward pass
+    per energy (a group's labels batched)."""
+    vals, grads = zip(*[_group_values_and_grads(fn, c, x, sigma)
+                        for fn, c in zip(self.energies, self.labels)])
+    return jnp.concatenate(vals), jnp.concatenate(grads)
+
+  def diffusion_potential(self, x: Array, sigma: Array) -> Array:
+    """``Σ_i w_i E_i(x, σ)``: scalar."""
+    return jnp.dot(self.weights, self.energy_values(x, sigma))
+
+  def term_potential(self, x: Array, sigma: Array) -> Array:
+    """``Σ_j v_j T_j(x, σ)`` (0 without terms): scalar. A term of weight 0 contributes 0."""
+    if self.terms is None:
+      return jnp.zeros((), jnp.float32)
+    t = self.terms(x, sigma)
+    return jnp.sum(jnp.where(self.term_weights == 0, 0.0, self.term_weights * t))
+
+  @property
+  def scale(self) -> Array:
+    """``s = Σ_i w_i`` if > 0, else 1 (``U ≈ s E``)."""
+    total = jnp.sum(self.weights)
+    return jnp.where(total > 0, total, 1.0)
+
+
+def _group_values(fn, labels, x, sigma) -> Array:
+  if labels is None:
+    return jnp.reshape(fn(x, sigma), (1,))
+  return jax.vmap(lambda c: fn(x, sigma, c))(labels)
+
+
+def _group_values_and_grads(fn, labels, x, sigma) -> Tuple[Array, Array]:
+  if labels is None:
+    v, g = jax.value_and_grad(fn)(x, sigma)
+    return jnp.reshape(v, (1,)), g[None]
+  return jax.vmap(lambda c: jax.value_and_grad(fn)(x, sigma, c))(labels)
+
+
+TargetLike = Union[Target, EnergyFn]
+
+
+def as_target(fn: TargetLike) -> Target:
+  """A target as is; a plain energy callable ``E(x, σ)`` as the one-energy target ``U = E``."""
+  if isinstance(fn, Target):
+    return fn
+  if not callable(fn):
+    raise TypeError(f"Expected an energy callable E(x, sigma) or a Target, got {type(fn)}.")
+  return Target((fn,), (None,), jnp.ones((1,), jnp.float32))
+
+
+def scale_of(potential: TargetLike) -> Array:
+  """The scale ``s > 0`` of a target (:attr:`Target.scale`); 1 for a plain callable."""
+  return as_target(potential).scale
 
 
 def _check_concrete_positive(name: str, value) -> None:
@@ -42,26 +140,6 @@ def _check_concrete_positive(name: str, value) -> None:
     raise ValueError(f"{name} must be > 0, got {v}.")
 
 
-def _recorded_scale(energy_fn: EnergyFn):
-  """The scale ``energy_fn`` records, any sign; 1 for any other callable."""
-  return getattr(energy_fn, "potential_scale", 1.0)
-
-
-def scale_of(potential: EnergyFn):
-  """The potential scale ``s > 0`` of a target (``U ≈ s E``); 1 for any other callable, and for a
-  target whose recorded scale is ≤ 0 (e.g. a product with weights summing to ≤ 0)."""
-  scale = _recorded_scale(potential)
-  if isinstance(scale, (int, float)):
-    return scale if scale > 0 else 1.0
-  return jnp.where(scale > 0, scale, 1.0)   # an array, possibly traced
-
-
-def _with_scale(potential: EnergyFn, scale) -> EnergyFn:
-  """``potential`` recording ``scale``."""
-  potential.potential_scale = scale
-  return potential
-
-
 def _weights(weights, num: int, name: str = "weights") -> Array:
   if weights is None:
     return jnp.ones((num,), jnp.float32)
@@ -71,7 +149,35 @@ def _weights(weights, num: int, name: str = "weights") -> Array:
   return w
 
 
-def tempered(energy_fn: EnergyFn, beta) -> EnergyFn:
+def _stack(fns: Sequence[Optional[Stacked]]) -> Optional[Stacked]:
+  """One ``(x, σ) -> (ΣL,)`` from several stacked callables (None ones skipped)."""
+  fns = tuple(f for f in fns if f is not None)
+  if not fns:
+    return None
+  if len(fns) == 1:
+    return fns[0]
+  return lambda x, sigma: jnp.concatenate([f(x, sigma) for f in fns])
+
+
+def _combine(parts: Sequence[TargetLike], coefs: Array) -> Target:
+  """``Σ_k c_k U_k`` of targets, keeping every component apart."""
+  ts = [as_target(p) for p in parts]
+  weights = jnp.concatenate([coefs[k] * t.weights for k, t in enumerate(ts)])
+  term_weights = jnp.concatenate([coefs[k] * t.term_weights for k, t in enumerate(ts)])
+  return Target(sum((t.energies for t in ts), ()), sum((t.labels for t in ts), ()), weights,
+                _stack([t.terms for t in ts]), term_weights)
+
+
+def _with_term(target: TargetLike, term: Callable[[Array, Array], Array], weight) -> Target:
+  """``target + weight · term`` (a non-diffusion term)."""
+  t = as_target(target)
+  extra = lambda x, sigma: jnp.reshape(term(x, sigma), (1,))
+  return Target(t.energies, t.labels, t.weights, _stack([t.terms, extra]),
+                jnp.concatenate([t.term_weights, jnp.reshape(jnp.asarray(weight, jnp.float32),
+                                                             (1,))]))
+
+
+def tempered(energy_fn: TargetLike, beta) -> Target:
   """Low temperature: ``U(x, σ) = β E(x, σ)``.
 
   Final target: ``∝ p^β``. Intermediate targets are the tempered *diffused* densities ``p_σ^β``.
@@ -80,13 +186,10 @@ def tempered(energy_fn: EnergyFn, beta) -> EnergyFn:
     ValueError: if β ≤ 0 (β must be concrete to be checked; a traced β is not checked).
   """
   _check_concrete_positive("beta", beta)
-
-  def potential(x, sigma):
-    return beta * energy_fn(x, sigma)
-  return _with_scale(potential, beta * _recorded_scale(energy_fn))
+  return _combine([energy_fn], jnp.reshape(jnp.asarray(beta, jnp.float32), (1,)))
 
 
-def product(energy_fns: Sequence[EnergyFn], weights=None) -> EnergyFn:
+def product(energy_fns: Sequence[TargetLike], weights=None) -> Target:
   """Weighted product (AND): ``U(x, σ) = Σ_i w_i E_i(x, σ)``; default ``w_i = 1``.
 
   Final target: ``∝ Π_i p_i^{w_i}``. Weights may have any sign (a negative one is a negation).
@@ -94,15 +197,11 @@ def product(energy_fns: Sequence[EnergyFn], weights=None) -> EnergyFn:
   energy_fns = tuple(energy_fns)
   if not energy_fns:
     raise ValueError("product needs at least one energy.")
-  w = _weights(weights, len(energy_fns))
-
-  def potential(x, sigma):
-    return sum(w[i] * e(x, sigma) for i, e in enumerate(energy_fns))
-  return _with_scale(potential, sum(w[i] * _recorded_scale(e) for i, e in enumerate(energy_fns)))
+  return _combine(energy_fns, _weights(weights, len(energy_fns)))
 
 
-def conditional_and(uncond_energy_fn: EnergyFn, cond_energy_fns: Sequence[EnergyFn],
-                    weights=None) -> EnergyFn:
+def conditional_and(uncond_energy_fn: TargetLike, cond_energy_fns: Sequence[TargetLike],
+                    weights=None) -> Target:
   """Classifier-free conditional AND: ``U = E(x,σ) + Σ_i w_i (E(x,σ|c_i) − E(x,σ))``.
 
   Args:
@@ -115,17 +214,12 @@ def conditional_and(uncond_energy_fn: EnergyFn, cond_energy_fns: Sequence[Energy
   """
   cond_energy_fns = tuple(cond_energy_fns)
   w = _weights(weights, len(cond_energy_fns))
-
-  def potential(x, sigma):
-    e0 = uncond_energy_fn(x, sigma)
-    return e0 + sum(w[i] * (e(x, sigma) - e0) for i, e in enumerate(cond_energy_fns))
-  s0 = _recorded_scale(uncond_energy_fn)
-  return _with_scale(potential, s0 + sum(w[i] * (_recorded_scale(e) - s0)
-                                         for i, e in enumerate(cond_energy_fns)))
+  return _combine((uncond_energy_fn,) + cond_energy_fns,
+                  jnp.concatenate([1.0 - jnp.sum(w, keepdims=True), w]))
 
 
 def label_sum(cond_energy_fn: Callable[[Array, Array, Array], Array], labels,
-              weights=None) -> EnergyFn:
+              weights=None) -> Target:
   """``U(x, σ) = Σ_i w_i E(x, σ | c_i)`` for one conditional energy, in one batched call.
 
   Args:
@@ -142,18 +236,16 @@ def label_sum(cond_energy_fn: Callable[[Array, Array, Array], Array], labels,
   """
   labels = jnp.asarray(labels)
   w = _weights(weights, labels.shape[0])
-
-  def potential(x, sigma):
-    return jnp.dot(w, jax.vmap(lambda c: cond_energy_fn(x, sigma, c))(labels))
-  return _with_scale(potential, jnp.sum(w) * _recorded_scale(cond_energy_fn))
+  return Target((cond_energy_fn,), (labels,), w)
 
 
-def disjunction(energy_fns: Sequence[EnergyFn], weights=None) -> EnergyFn:
+def disjunction(energy_fns: Sequence[TargetLike], weights=None) -> Target:
   """OR (mixture): ``U(x, σ) = −log Σ_i π_i exp(−E_i(x, σ))`` with ``π = weights / Σ weights``.
 
   Final target: ``Σ_i π_i p_i`` when the ``E_i`` are normalised (``∫ e^{−E_i} = 1``); with
   unnormalised energies the mixture weights are effectively ``π_i Z_i``. The diffused mixture of
-  the diffused components is exactly the diffused mixture, so intermediate targets are exact too.
+  the diffused components is exactly the diffused mixture, so the OR is itself one diffusion
+  energy (one component of the returned target).
   """
   energy_fns = tuple(energy_fns)
   w = _weights(weights, len(energy_fns))
@@ -163,18 +255,16 @@ def disjunction(energy_fns: Sequence[EnergyFn], weights=None) -> EnergyFn:
   def potential(x, sigma):
     neg_e = jnp.stack([-e(x, sigma) for e in energy_fns])
     return -jax.nn.logsumexp(log_pi + neg_e)
-  return potential
+  return as_target(potential)
 
 
-def negation(energy_fn: EnergyFn, negated_energy_fn: EnergyFn, alpha=1.0) -> EnergyFn:
+def negation(energy_fn: TargetLike, negated_energy_fn: TargetLike, alpha=1.0) -> Target:
   """NOT (Du et al. 2023, "Reduce, Reuse, Recycle"): ``U = E_1(x, σ) − α E_2(x, σ)``.
 
   Final target: ``∝ p_1(x) / p_2(x)^α`` ("``p_1`` and not ``p_2``"); it is normalisable only if
   ``p_1`` decays faster than ``p_2^α`` (e.g. ``α < 1`` for equal-width Gaussians).
   """
-  def potential(x, sigma):
-    return energy_fn(x, sigma) - alpha * negated_energy_fn(x, sigma)
-  return potential
+  return product([energy_fn, negated_energy_fn], jnp.array([1.0, -alpha], jnp.float32))
 
 
 def box_sq_distance(x: Array, lower, upper) -> Array:
@@ -189,12 +279,12 @@ def annealed_penalty_schedule(strength: float, sigma_ref: float = 0.1) -> Callab
   return schedule
 
 
-def bounded_soft(energy_fn: EnergyFn, lower, upper,
-                 schedule: Optional[Callable[[Array], Array]] = None) -> EnergyFn:
-  """Soft box constraint: ``U(x, σ) = E(x, σ) + λ(σ) dist(x, B)²``, ``B = [lower, upper]``.
+def bounded_soft(energy_fn: TargetLike, lower, upper,
+                 schedule: Optional[Callable[[Array], Array]] = None) -> Target:
+  """Soft box constraint: ``U(x, σ) = E(x, σ) + λ(σ) dist(x, B)²``, ``B = [lower, upper]`` (a term).
 
   Args:
-    energy_fn: the unconstrained energy.
+    energy_fn: the unconstrained energy (or target).
     lower, upper: box corners (scalars or arrays broadcastable to the event shape).
     schedule: ``λ(σ)``; default :func:`annealed_penalty_schedule` ``(1e4, 0.1)``.
 
@@ -202,15 +292,13 @@ def bounded_soft(energy_fn: EnergyFn, lower, upper,
   ``λ(σ_K) → ∞``; samples may lie slightly outside ``B``.
   """
   schedule = annealed_penalty_schedule(1e4) if schedule is None else schedule
-
-  def potential(x, sigma):
-    return energy_fn(x, sigma) + schedule(sigma) * box_sq_distance(x, lower, upper)
-  return _with_scale(potential, _recorded_scale(energy_fn))
+  return _with_term(energy_fn, lambda x, sigma: schedule(sigma) * box_sq_distance(x, lower, upper),
+                    1.0)
 
 
-def bounded_hard(energy_fn: EnergyFn, lower, upper, sigma_on) -> EnergyFn:
+def bounded_hard(energy_fn: TargetLike, lower, upper, sigma_on) -> Target:
   """Hard box constraint: ``U = E`` inside ``B = [lower, upper]``; ``+inf`` outside at the
-  levels ``σ ≤ sigma_on``.
+  levels ``σ ≤ sigma_on`` (a term).
 
   The indicator's gradient is zero, so the drift is the unconstrained one; particles outside
   ``B`` get weight 0 (log-weight ``−inf``) and are removed by resampling.
@@ -218,42 +306,39 @@ def bounded_hard(energy_fn: EnergyFn, lower, upper, sigma_on) -> EnergyFn:
   **Choose ``sigma_on`` between the last two levels, ``σ_K ≤ sigma_on < σ_{K−1}``** (the
   indicator acts at the final level only): the SMC weights are then exact. If the indicator is on
   at two consecutive levels, the backward kernel ``L_k(x|x') = N(x; x', Δ_k I)`` of METHOD.md §4
-  puts mass on ``x ∉ B`` where ``γ_k(x) = 0`` and the proposal never goes, so the weights are
-  biased (towards the interior of ``B``: the measured mean of ``N(0,1)`` on ``[−0.5, 1.5]`` was
-  0.40 instead of 0.356 with the indicator on at every level). ``sigma_on = jnp.inf`` (every
-  level) is allowed but biased in this way; for an annealed constraint use :func:`bounded_soft`.
+  puts mass on ``x ∉ B`` where ``γ_k(x) = 0`` and the proposal never goes, so the exact-ratio
+  weights are biased (towards the interior of ``B``: the measured mean of ``N(0,1)`` on
+  ``[−0.5, 1.5]`` was 0.40 instead of 0.356 with the indicator on at every level).
+  ``sigma_on = jnp.inf`` (every level) is allowed but biased in this way; for an annealed
+  constraint use :func:`bounded_soft`.
 
   Final target: ``p`` restricted to ``B`` (``∝ p(x) 1[x ∈ B]``); with weighted output every
   particle of non-zero weight is inside ``B``.
   """
-  def potential(x, sigma):
+  def indicator(x, sigma):
     inside = jnp.all((x >= lower) & (x <= upper))
-    active = sigma <= sigma_on
-    e = energy_fn(x, sigma)
-    return jnp.where(inside | ~active, e, jnp.inf)
-  return _with_scale(potential, _recorded_scale(energy_fn))
+    return jnp.where(inside | (sigma > sigma_on), 0.0, jnp.inf)
+  return _with_term(energy_fn, indicator, 1.0)
 
 
-def tweedie_denoiser(energy_fn: EnergyFn) -> Callable[[Array, Array], Array]:
+def tweedie_denoiser(energy_fn: TargetLike) -> Callable[[Array, Array], Array]:
   """``D(x, σ) = x − σ² ∇_x E(x, σ)`` (the denoiser of an energy model, METHOD.md §2)."""
   return denoiser_from_energy(energy_fn)
 
 
-def reward_tilt(energy_fn: EnergyFn, reward_fn: Callable[[Array], Array], strength,
-                denoise_fn: Optional[Callable[[Array, Array], Array]] = None) -> EnergyFn:
-  """Reward / classifier tilt: ``U(x, σ) = E(x, σ) − λ r(D(x, σ))``.
+def reward_tilt(energy_fn: TargetLike, reward_fn: Callable[[Array], Array], strength,
+                denoise_fn: Optional[Callable[[Array, Array], Array]] = None) -> Target:
+  """Reward / classifier tilt: ``U(x, σ) = E(x, σ) − λ r(D(x, σ))`` (a term of weight ``−λ``).
 
   Args:
-    energy_fn: base energy.
+    energy_fn: base energy (or target).
     reward_fn: per-example reward ``r(x_0) -> scalar`` (e.g. a classifier log-probability).
     strength: λ.
-    denoise_fn: ``D(x, σ)``; default the energy's own Tweedie denoiser (:func:`tweedie_denoiser`;
-      the drift ``−∇U`` then differentiates through ``∇E``, i.e. second-order autodiff).
+    denoise_fn: ``D(x, σ)``; default the base's own Tweedie denoiser (:func:`tweedie_denoiser`;
+      the exact-ratio drift ``−∇U`` then differentiates through ``∇E``: second-order autodiff).
 
   Final target: ``∝ p(x) exp(λ r(x))`` (``D(x, σ_K) ≈ x`` at small σ_K).
   """
-  denoise_fn = tweedie_denoiser(energy_fn) if denoise_fn is None else denoise_fn
-
-  def potential(x, sigma):
-    return energy_fn(x, sigma) - strength * reward_fn(denoise_fn(x, sigma))
-  return _with_scale(potential, _recorded_scale(energy_fn))
+  base = as_target(energy_fn)
+  denoise_fn = tweedie_denoiser(base.diffusion_potential) if denoise_fn is None else denoise_fn
+  return _with_term(base, lambda x, sigma: reward_fn(denoise_fn(x, sigma)), -strength)

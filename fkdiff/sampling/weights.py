@@ -1,0 +1,161 @@
+"""Feynman–Kac weight schemes for SMC: exact-ratio and score-only (METHOD.md §4, §4b).
+
+A scheme decides three things, each a method used by :mod:`fkdiff.sampling.smc`:
+
+- what is evaluated at a level (:meth:`evaluate`, one example → :class:`Evaluation`: the target's
+  value, the gradient the proposal descends, the scheme's rate and term values);
+- the proposal's scale (:meth:`scales`: the start width and the kernel variance factor ``1/s``);
+- the log-weight increment of a move ``x`` (at σ_k) → ``x'`` (at σ_{k+1})
+  (:meth:`log_increment`, from the two levels' evaluations and the Gaussian kernel terms).
+
+**Exact ratio** (:class:`ExactRatio`, METHOD.md §4): with the proposal
+``M_k(x'|x) = N(x'; x − (Δ_k/s) ∇U_k(x), (Δ_k/s) I)`` and the backward kernel
+``L_k(x|x') = N(x; x', (Δ_k/s) I)``,
+``log G_{k+1} = −U_{k+1}(x') + U_k(x) + log L_k(x|x') − log M_k(x'|x)``: exact for any proposal,
+for any energies. As the steps shrink it becomes ``∫ r_U |dσ|`` with the heat residual
+``r_U = ∂_σU − σ(ΔU − ‖∇U‖²)`` (§4b): on *learned* energies, whose ``∂_σE`` nothing trains, the
+weights measure the model's residual rather than the target.
+
+**Score only** (:class:`ScoreOnly`, Feynman–Kac correctors, Skreta et al. 2025; METHOD.md §4b and
+docs/METHOD.md): for ``U = A + T`` with the diffusion part ``A = Σ_i w_i E_i`` and non-diffusion
+terms ``T``, the proposal follows ``A`` only, ``x' = x − aΔ_k ∇A(x) + sqrt(aΔ_k) z`` (``a = 1``:
+unscaled noise, the default; ``a = 1/s``: noise matched to the tempered target), and, assuming
+each ``E_i`` satisfies the heat equation ``∂_σE = σ(ΔE − ‖∇E‖²) + c(σ)``,
+``log G = ∫ σ ρ(x_σ, σ) dσ − T_{k+1}(x') + T_k(x)`` with the rate
+``ρ = a‖Σ w_i ∇E_i‖² − Σ w_i ‖∇E_i‖² + (1 − a) Σ w_i ΔE_i``. No energy values enter (except in
+the start weight at σ_0 and in the terms), no Laplacian for ``a = 1``. The σ-integral over
+``[σ_{k+1}, σ_k]`` uses the left-point rule ``σ_k ρ_k (σ_k − σ_{k+1})`` or the trapezoid
+``½(σ_k ρ_k + σ_{k+1} ρ_{k+1})(σ_k − σ_{k+1})`` (both need one evaluation per level; the left
+rule is the default: measured more accurate with unit noise, docs/METHOD.md).
+The estimate ``Σ log mean w`` then omits the σ-only constants, so ``log Ẑ`` is not reported (NaN).
+
+Both schemes start from ``x ~ N(0, (σ_0² + σ_d²)/s I)`` with the exact importance weight
+``log w = −U_0(x) − log N(x; 0, (σ_0² + σ_d²)/s I)``: energies compared at one σ, where the gauge
+cancels and no residual enters.
+"""
+
+from typing import Callable, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from fkdiff.sampling.targets import Target
+
+Array = jax.Array
+
+
+class Evaluation(NamedTuple):
+  """What a scheme evaluates for one particle at one level (batched: a leading particle axis).
+
+  Attributes:
+    potential: ``U(x, σ)``, the whole target (for MCMC, the start and the exact ratio).
+    grad: the gradient the proposal descends: ``∇U`` (exact ratio), ``∇A`` (score only).
+    rate: score only: ``ρ(x, σ)``; 0 for the exact ratio.
+    terms: score only: ``T(x, σ)``, the non-diffusion terms; 0 for the exact ratio.
+  """
+  potential: Array
+  grad: Array
+  rate: Array
+  terms: Array
+
+
+class ExactRatio(NamedTuple):
+  """Exact-ratio weights (METHOD.md §4); exact for any energies and any step.
+
+  Attributes:
+    scale: the kernel scale ``s`` (start ``N(0, (σ_0² + σ_d²)/s)``, kernels of variance
+      ``Δ_k/s``); default the target's :attr:`~fkdiff.sampling.targets.Target.scale`. ``s = 1`` is
+      METHOD.md §4 as written; the matching ``s`` keeps the weights of a β-tempered target from
+      degenerating in high dimension (ESS ≈ N·(4/√7)^(−d) at the start for β = 4 and ``s = 1``).
+    drift: optional per-example proposal drift ``b(x, σ) -> like x`` (default ``−∇U``); the
+      weights stay exact.
+  """
+  scale: Optional[float] = None
+  drift: Optional[Callable[[Array, Array], Array]] = None
+  estimates_log_z = True
+
+  def scales(self, target: Target) -> Tuple[Array, Array]:
+    """``(start scale, kernel scale)``."""
+    s = target.scale if self.scale is None else jnp.asarray(self.scale, jnp.float32)
+    return s, s
+
+  def evaluate(self, target: Target, x: Array, sigma: Array) -> Evaluation:
+    u, g = jax.value_and_grad(target)(x, sigma)
+    zero = jnp.zeros_like(u)
+    return Evaluation(u, g, zero, zero)
+
+  def log_increment(self, old: Evaluation, new: Evaluation, log_kernel_ratio: Array,
+                    sigma: Array, sigma_next: Array) -> Array:
+    """``−U_{k+1}(x') + U_k(x) + log L_k(x|x') − log M_k(x'|x)``; ``(N,)``."""
+    return -new.potential + old.potential + log_kernel_ratio
+
+
+class ScoreOnly(NamedTuple):
+  """Score-only (Feynman–Kac corrector) weights (METHOD.md §4b): no residual, no energy values.
+
+  Attributes:
+    rule: ``'left'`` (default) or ``'trapezoid'``: the quadrature of ``∫ σ ρ dσ`` per step.
+      Both converge at first order (the Euler–Maruyama proposal limits them); with unit noise the
+      left rule's error was about half the trapezoid's at 25–100 levels
+      (``benchmarks/score_only_rules.py``), so it is the default.
+    noise: ``'unit'`` (default: ``a = 1``, no Laplacian) or ``'matched'`` (``a = 1/s``, the
+      proposal of a tempered target; the rate then needs ``ΔA``, computed exactly with one
+      Hessian-vector product per coordinate: only for small event sizes).
+  """
+  rule: str = "left"
+  noise: str = "unit"
+  estimates_log_z = False
+
+  def check(self) -> None:
+    if self.rule not in ("trapezoid", "left"):
+      raise ValueError(f"ScoreOnly.rule must be 'trapezoid' or 'left', got {self.rule!r}.")
+    if self.noise not in ("unit", "matched"):
+      raise ValueError(f"ScoreOnly.noise must be 'unit' or 'matched', got {self.noise!r}.")
+
+  def scales(self, target: Target) -> Tuple[Array, Array]:
+    s = target.scale
+    return s, (s if self.noise == "matched" else jnp.ones_like(s))
+
+  def evaluate(self, target: Target, x: Array, sigma: Array) -> Evaluation:
+    e, grads = target.energy_values_and_grads(x, sigma)               # (L,), (L, *event)
+    w = target.weights
+    flat = grads.reshape(grads.shape[0], -1)
+    g = jnp.tensordot(w, grads, axes=1)                               # ∇A = Σ w_i ∇E_i
+    a = 1.0 / self.scales(target)[1]
+    rate = a * jnp.sum(g**2) - jnp.dot(w, jnp.sum(flat**2, axis=-1))
+    if self.noise == "matched":
+      rate += (1.0 - a) * _laplacian(lambda y: target.diffusion_potential(y, sigma), x)
+    terms = target.term_potential(x, sigma)
+    return Evaluation(jnp.dot(w, e) + terms, g, rate, terms)
+
+  def log_increment(self, old: Evaluation, new: Evaluation, log_kernel_ratio: Array,
+                    sigma: Array, sigma_next: Array) -> Array:
+    """``∫_{σ_{k+1}}^{σ_k} σ ρ dσ − T_{k+1}(x') + T_k(x)`` by the chosen rule; ``(N,)``."""
+    step = sigma - sigma_next
+    if self.rule == "left":
+      integral = sigma * old.rate * step
+    else:
+      integral = 0.5 * (sigma * old.rate + sigma_next * new.rate) * step
+    # A term's +inf (a hard box) minus +inf would be NaN: an invalid particle stays invalid.
+    terms = jnp.where(jnp.isposinf(old.terms), 0.0, old.terms)
+    return integral - new.terms + terms
+
+
+Scheme = ExactRatio | ScoreOnly
+
+
+def _laplacian(fn: Callable[[Array], Array], x: Array) -> Array:
+  """``Δ fn(x) = tr ∇²fn(x)`` exactly: one Hessian-vector product per coordinate of ``x``."""
+  grad = jax.grad(fn)
+  basis = jnp.eye(x.size, dtype=x.dtype).reshape((x.size,) + x.shape)
+  hvp = lambda v: jnp.vdot(jax.jvp(grad, (x,), (v,))[1], v)
+  return jnp.sum(jax.vmap(hvp)(basis))
+
+
+def check_scheme(scheme) -> None:
+  """Raises a clear ValueError for anything but a valid :class:`ExactRatio` / :class:`ScoreOnly`."""
+  if isinstance(scheme, ScoreOnly):
+    scheme.check()
+  elif not isinstance(scheme, ExactRatio):
+    raise ValueError(f"weights must be fkdiff.sampling.ExactRatio() or ScoreOnly(), got "
+                     f"{scheme!r}.")
