@@ -9,7 +9,7 @@ therefore an estimate of the fraction ``‖r‖²/‖s_T‖²`` of the teacher's
 whether there is anything to discard at all.
 """
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,10 @@ Array = jax.Array
 
 
 def make_distill_loss(student_denoise_fn: Callable, teacher_denoise_fn: Callable,
-                      sigma_data: float, p_mean: float = -1.2, p_std: float = 1.2) -> Callable:
+                      sigma_data: float, p_mean: float = -1.2, p_std: float = 1.2,
+                      time_weight: float = 0.0, student_energy_fn: Optional[Callable] = None,
+                      gauge_fn: Optional[Callable] = None, time_target: str = "noise",
+                      time_probes: int = 1) -> Callable:
   """The conservative projection loss.
 
   Dropout: the teacher is always evaluated deterministically (it gets no key): the target must
@@ -35,6 +38,17 @@ def make_distill_loss(student_denoise_fn: Callable, teacher_denoise_fn: Callable
       its output is wrapped in ``stop_gradient`` (no gradient flows to it).
     sigma_data: σ_d of the loss weight ``λ(σ)``.
     p_mean, p_std: log-normal σ sampling (EDM).
+    time_weight: λ of the time-score term (:func:`time_score_loss`, METHOD.md §3
+      "Time-consistent distillation"); 0 (default) is the plain loss, bit for bit.
+    student_energy_fn: ``(params, x, σ, label[, dropout_key]) -> E`` per example (needed when
+      ``time_weight > 0``): its σ-derivative is regressed, and the student's denoiser is then
+      computed from it as ``x − σ²∇_x E`` (one reverse pass gives ``∇_x E`` and ``∂_σ E``;
+      ``student_denoise_fn`` is not called).
+    gauge_fn: ``(params, σ) -> b(σ)``, the gauge's σ-derivative (needed when ``time_weight > 0``).
+    time_target: ``'noise'`` (``(d − ‖ε‖²)/σ``) or ``'teacher'`` (``−σ(‖s_T‖² + ∇·s_T)``); see
+      :func:`time_score_target`.
+    time_probes: Hutchinson probes of the teacher's divergence (``'teacher'`` only); 0: exact
+      trace (one JVP per dimension, small ``d`` only).
   Returns:
     ``loss_fn(params, batch, key, dropout_key=None) -> (loss, aux)`` with ``batch = {'x':
     (B, *event), 'label': (B,) optional}``; ``aux`` has per-example ``(B,)`` arrays ``sigma``,
@@ -48,16 +62,119 @@ def make_distill_loss(student_denoise_fn: Callable, teacher_denoise_fn: Callable
     label_axis = None if label is None else 0
     target = jax.lax.stop_gradient(     # deterministic: no dropout key for the teacher.
         jax.vmap(teacher_denoise_fn, in_axes=(0, 0, label_axis))(x_sigma, sigma, label))
-    pred = vmap_denoiser(student_denoise_fn, params, x_sigma, sigma, label,
-                         example_keys(dropout_key, x0.shape[0]))
+    keys = example_keys(dropout_key, x0.shape[0])
+    if time_weight == 0:
+      pred = vmap_denoiser(student_denoise_fn, params, x_sigma, sigma, label, keys)
+    else:   # ∇_x E and ∂_σ E from one reverse pass; D = x − σ²∇_x E (an energy's denoiser).
+      grad_x, d_sigma = vmap_energy_grads(student_energy_fn, params, x_sigma, sigma, label, keys)
+      pred = x_sigma - sigma.reshape((-1,) + (1,) * (x0.ndim - 1))**2 * grad_x
     per_example = weighted_sq_error(pred, target, sigma, sigma_data)
     flat = lambda a: a.reshape(a.shape[0], -1)
     rel = jnp.sum(flat(pred - target)**2, -1) / jnp.maximum(
         jnp.sum(flat(target - x_sigma)**2, -1), 1e-20)
     rel = jax.lax.stop_gradient(rel)
-    return jnp.mean(per_example), {"sigma": sigma, "loss": per_example, "score_rel_err2": rel}
+    aux = {"sigma": sigma, "loss": per_example, "score_rel_err2": rel}
+    if time_weight == 0:
+      return jnp.mean(per_example), aux
+    if time_target == "noise":
+      eps = (x_sigma - x0) / sigma.reshape((-1,) + (1,) * (x0.ndim - 1))
+      t = noise_time_target(eps, sigma)
+    else:
+      t = jax.vmap(lambda x, s, lab, k: teacher_time_target(
+          lambda z: teacher_denoise_fn(z, s, lab), x, s, k, time_probes),
+          in_axes=(0, 0, label_axis, 0))(x_sigma, sigma, label,
+                                         jax.random.split(jax.random.fold_in(key, 7),
+                                                          x0.shape[0]))
+    t = jax.lax.stop_gradient(t)
+    b = jax.vmap(lambda s: gauge_fn(params, s))(sigma)
+    time_per_example = time_score_loss(d_sigma, b, t, sigma, x0[0].size)
+    aux["time_loss"] = time_per_example
+    return jnp.mean(per_example + time_weight * time_per_example), aux
 
   return loss_fn
+
+
+def noise_time_target(eps: Array, sigma: Array) -> Array:
+  """``(d − ‖ε‖²)/σ`` per example: a conditionally unbiased target for ``∂_σ E``.
+
+  Derivation: ``p_σ(x) = E_{x_0}[N(x; x_0, σ² I)]`` and ``∂_σ log N(x; x_0, σ²I) = (‖x − x_0‖²/σ³
+  − d/σ) = (‖ε‖² − d)/σ``; differentiating under the integral and dividing by ``p_σ(x)``,
+  ``∂_σ log p_σ(x) = E[(‖ε‖² − d)/σ | x_σ = x]``, so for ``E = −log p_σ``,
+  ``E[(d − ‖ε‖²)/σ | x_σ] = ∂_σ E(x_σ, σ)``: the regression's minimiser over functions of
+  ``(x, σ)`` is the exact ``∂_σ E`` (with ``c'(σ) = 0`` for the normalised energy). Its variance is
+  at most ``Var(‖ε‖²)/σ² = 2d/σ²``, hence the weight ``σ²/(2d)`` of :func:`time_score_loss`.
+
+  Args:
+    eps: ``(B, *event)`` noise of ``x_σ = x_0 + σ ε``.
+    sigma: ``(B,)``.
+  """
+  flat = eps.reshape(eps.shape[0], -1)
+  return (flat.shape[1] - jnp.sum(flat**2, -1)) / sigma
+
+
+def teacher_time_target(score_denoise_fn: Callable[[Array], Array], x: Array, sigma: Array,
+                        key: Array, num_probes: int = 1) -> Array:
+  """``−σ(‖s_T‖² + ∇·s_T)`` at ``x`` for one example: the heat equation's ``∂_σ E`` of the
+  teacher's field (``∂_σE = σ(ΔE − ‖∇E‖²)`` with ``s = −∇E``), in the normalised gauge.
+
+  Args:
+    score_denoise_fn: ``z -> D_T(z, σ)`` (the teacher's denoiser at this σ); ``s = (D − z)/σ²``.
+    x: one example; sigma: scalar.
+    key: Rademacher probes of the Hutchinson divergence ``vᵀ (∂s/∂x) v``.
+    num_probes: ``0``: the exact divergence (one JVP per dimension).
+  """
+  s_fn = lambda z: (score_denoise_fn(z) - z) / sigma**2
+  s, lin = jax.linearize(s_fn, x)      # one primal pass shared by all tangents.
+  if num_probes == 0:
+    eye = jnp.eye(x.size, dtype=x.dtype).reshape((x.size,) + x.shape)
+    jv = jax.vmap(lin)(eye).reshape(x.size, x.size)
+    div = jnp.trace(jv)
+  else:
+    probes = jax.random.rademacher(key, (num_probes,) + x.shape, x.dtype)
+    jv = jax.vmap(lin)(probes)
+    div = jnp.mean(jnp.sum((jv * probes).reshape(num_probes, -1), -1))
+  return -sigma * (jnp.sum(s**2) + div)
+
+
+def vmap_energy_grads(energy_fn: Callable, params, x: Array, sigma: Array,
+                      label: Optional[Array], keys: Optional[Array]):
+  """``(∇_x E (B, *event), ∂_σ E (B,))`` per example from one reverse-mode pass through ``E``
+  (the σ-derivative costs no extra network evaluation beyond the score's)."""
+  label_axis = None if label is None else 0
+
+  def one(z, s, lab, k=None):
+    extra = () if k is None else (k,)
+    return jax.grad(lambda zz, ss: energy_fn(params, zz, ss, lab, *extra), argnums=(0, 1))(z, s)
+
+  if keys is None:
+    return jax.vmap(one, in_axes=(0, 0, label_axis))(x, sigma, label)
+  return jax.vmap(one, in_axes=(0, 0, label_axis, 0))(x, sigma, label, keys)
+
+
+def vmap_sigma_derivative(energy_fn: Callable, params, x: Array, sigma: Array,
+                          label: Optional[Array], keys: Optional[Array]) -> Array:
+  """``∂_σ E(x, σ)`` at fixed ``x`` per example (one forward-mode JVP in σ); ``(B,)``."""
+  label_axis = None if label is None else 0
+
+  def one(z, s, lab, k=None):
+    extra = () if k is None else (k,)
+    return jax.jvp(lambda t: energy_fn(params, z, t, lab, *extra), (s,), (jnp.ones_like(s),))[1]
+
+  if keys is None:
+    return jax.vmap(one, in_axes=(0, 0, label_axis))(x, sigma, label)
+  return jax.vmap(one, in_axes=(0, 0, label_axis, 0))(x, sigma, label, keys)
+
+
+def time_score_loss(d_sigma: Array, gauge: Array, target: Array, sigma: Array,
+                    dim: int) -> Array:
+  """Per-example ``σ²/(2d) (∂_σ E_θ + b(σ) − t)²``.
+
+  ``b(σ)`` absorbs the gauge: ``E_θ`` is defined up to ``c(σ)`` (its form has no
+  x-independent free term), so the regression target ``t`` (the normalised energy's ``∂_σ``) is
+  matched by ``∂_σ(E_θ + ∫b)``; at the optimum ``b(σ) = E[t − ∂_σE_θ | σ]``. The weight makes the
+  noise target's variance (≤ ``2d/σ²``) of order one at every σ.
+  """
+  return sigma**2 / (2.0 * dim) * (d_sigma + gauge - target)**2
 
 
 def asymmetry(denoise_fn: Callable[[Array, Array], Array], x: Array, sigma: Array,

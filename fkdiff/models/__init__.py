@@ -3,5 +3,5 @@ from fkdiff.models.mlp import MLP
 from fkdiff.models.unet import UNet, null_label
 from fkdiff.models.backbones import get_backbone, make_denoiser
 from fkdiff.models import energy
-from fkdiff.models.energy import EnergyModel, bind, init_from_teacher
+from fkdiff.models.energy import EnergyModel, Gauge, bind, init_from_teacher
 from fkdiff.models.energy import PARAMETERIZATIONS, denoiser_from_energy, score_from_energy

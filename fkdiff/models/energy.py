@@ -97,6 +97,27 @@ class EnergyModel(nn.Module):
     return gauss + scale * 0.5 * jnp.sum(h**2)
 
 
+class Gauge(nn.Module):
+  """``b(σ)``: a small network of ``log σ``, the σ-derivative of an energy's gauge ``c(σ)``.
+
+  Used only by time-consistent distillation (``distill.time_weight > 0``): the energy forms above
+  have no x-independent free term, so the time-score regression (``∂_σ E_θ + b(σ) ≈ ∂_σ E``,
+  :func:`fkdiff.losses.distill.time_score_loss`) needs its own. Its parameters live beside the
+  energy's, under ``params['gauge']``; they never change a score, a denoiser or a self-normalised
+  weight. The output layer starts at zero (``b ≡ 0``).
+  """
+  width: int = 32
+
+  @nn.compact
+  def __call__(self, sigma: Array) -> Array:
+    t = jnp.log(jnp.asarray(sigma, jnp.float32))[None]
+    h = jnp.concatenate([t, jnp.sin(t), jnp.cos(t)])
+    h = nn.silu(nn.Dense(self.width)(h))
+    h = nn.silu(nn.Dense(self.width)(h))
+    # b ~ 1/σ scale at small σ (the noise target is O(sqrt(d)/σ)): predict σ·b.
+    return nn.Dense(1, kernel_init=nn.initializers.zeros)(h)[0] / jnp.asarray(sigma, jnp.float32)
+
+
 def energy(model: EnergyModel, params: Any, x: Array, sigma: Array,
            label: Optional[Array] = None, dropout_key: Optional[Array] = None) -> Array:
   """``E(x, σ[, label])`` for one example ``x`` (event shape) and scalar σ; returns ``()``.

@@ -59,6 +59,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.use_ema = True                    # distill the teacher's EMA parameters.
   c.teacher.log_asymmetry = True              # log how non-conservative the teacher is.
 
+  c.distill = ml_collections.ConfigDict()     # used by 'distill' (METHOD.md §3).
+  # Time-consistent distillation [experimental]: λ of the time-score term σ²/(2d)(∂_σE + b(σ) − t)²
+  # (fkdiff.losses.distill.time_score_loss). 0 = the plain projection loss, bit for bit, and no
+  # gauge network b(σ) in the parameters.
+  c.distill.time_weight = 0.0
+  # Target of ∂_σE: 'teacher': −σ(‖s_T‖² + ∇·s_T) (measured better on toy 2-D, see
+  # benchmarks/RESULTS.md, "Time-consistent distillation"); 'noise': (d − ‖ε‖²)/σ (unbiased, needs no teacher).
+  c.distill.time_target = "teacher"
+  c.distill.time_probes = 0         # 'teacher': Rademacher probes of the Hutchinson ∇·s_T; 0:
+                                    # the exact trace for examples of ≤ 64 numbers, else 1 probe.
+  c.distill.gauge_width = 32        # hidden width of the gauge network b(log σ).
+
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.sigma_min = 0.002
   c.diffusion.sigma_max = 80.0
@@ -89,6 +101,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.num_samples = 4096         # final samples and metrics; 0 skips the final evaluation.
   c.eval.sample_steps = 64
   c.eval.score_sigma = 0.5          # σ at which the score error is reported.
+  # Heat-equation diagnostics of energy runs on toy data (fkdiff.evaluation.time_consistency):
+  # residual spread and inter-mode level error against the exact energy at these σ.
+  c.eval.time_diagnostics = True
+  c.eval.time_sigmas = (0.05, 0.1, 0.3, 1.0)
+  c.eval.time_points = 256          # points per mixture component and σ.
   return c
 
 
@@ -110,6 +127,24 @@ def validate_config(config: ml_collections.ConfigDict,
       continue
     if isinstance(value, ml_collections.ConfigDict):
       validate_config(value, reference[key], prefix=path + ".")
+  if not prefix:
+    _validate_values(config)
+
+
+def _validate_values(config: ml_collections.ConfigDict) -> None:
+  """Range checks of the settings whose bad values would otherwise fail late or silently."""
+  dist = config.get("distill")
+  if dist is not None:
+    if dist.get("time_weight", 0.0) < 0:
+      raise ValueError(f"distill.time_weight must be ≥ 0, got {dist.time_weight}.")
+    if dist.get("time_target", "noise") not in ("noise", "teacher"):
+      raise ValueError("distill.time_target must be 'noise' or 'teacher', got "
+                       f"{dist.time_target!r}.")
+    if dist.get("time_probes", 1) < 0 or dist.get("gauge_width", 32) < 1:
+      raise ValueError("distill.time_probes must be ≥ 0 and distill.gauge_width ≥ 1.")
+  ev = config.get("eval")
+  if ev is not None and any(s <= 0 for s in ev.get("time_sigmas", ())):
+    raise ValueError(f"eval.time_sigmas must be positive, got {tuple(ev.time_sigmas)}.")
 
 
 def config_module(filename: str, next_to: Optional[str] = None):

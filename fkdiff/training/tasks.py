@@ -5,6 +5,7 @@ about a model; the trainer itself is the same for teachers, distilled energies a
 """
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -168,6 +169,14 @@ def load_teacher(config: ml_collections.ConfigDict):
   return teacher_config, params, denoise, sigma_data
 
 
+def _time_probes(dist: ml_collections.ConfigDict, data: DataSource) -> int:
+  """Hutchinson probes of the teacher's divergence: ``distill.time_probes``, or with 0 the exact
+  trace (0) for examples of ≤ 64 numbers and 1 probe for larger ones."""
+  if int(dist.time_probes) > 0:
+    return int(dist.time_probes)
+  return 0 if math.prod(data.event_shape) <= 64 else 1
+
+
 def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
   """An energy distilled from a frozen teacher by conservative projection (METHOD.md §3).
 
@@ -186,15 +195,28 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
   model, energy_fn, denoise = _energy_model(config, sigma_data)
   d = config.diffusion
 
+  dist = config.get("distill", None)
+  time_weight = float(dist.time_weight) if dist is not None else 0.0
+  gauge = models.Gauge(int(dist.gauge_width)) if time_weight > 0 else None
+
   def init_params(key):
     params = model.init(key, jnp.zeros(data.event_shape), jnp.ones(()))
     if config.teacher.init_student:
       params = models.init_from_teacher(params, teacher_params)
+    if gauge is not None:   # b(σ) beside the energy's parameters (ignored by model.apply).
+      params = {**params, "gauge": gauge.init(jax.random.fold_in(key, 1), jnp.ones(()))}
     return params
+
+  time_kwargs = {}
+  if gauge is not None:
+    time_kwargs = dict(time_weight=time_weight, student_energy_fn=energy_fn,
+                       gauge_fn=lambda p, s: gauge.apply(p["gauge"], s),
+                       time_target=dist.time_target, time_probes=_time_probes(dist, data))
 
   def loss_fn(params, batch, key, frozen):
     teacher = lambda x, s, label=None: teacher_denoise(frozen, x, s, label)
-    loss, aux = losses.make_distill_loss(denoise, teacher, sigma_data, d.p_mean, d.p_std)(
+    loss, aux = losses.make_distill_loss(denoise, teacher, sigma_data, d.p_mean, d.p_std,
+                                         **time_kwargs)(
         params, batch, key, loss_dropout_key(key, config))
     if config.teacher.log_asymmetry:
       # The same noisy points as the loss (same key), one random probe per example.

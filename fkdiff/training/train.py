@@ -263,4 +263,21 @@ def evaluate(task: Task, data: DataSource, params, config, workdir: str, step: i
         config.eval.score_sigma, k), compiler_options=_compiler_options(config))
     results["score_rel_error"] = float(score_error(params, key_score))
     results.update(toy_metrics.mode_mass_metrics(data.mixture, samples))
+    if task.energy_fn is not None and config.eval.get("time_diagnostics", True):
+      results.update(time_diagnostics(task, data, params, config))
   return results
+
+
+def time_diagnostics(task: Task, data: DataSource, params, config) -> dict:
+  """Heat-residual spread and inter-mode level error of a toy energy run against the exact
+  energy (:func:`fkdiff.evaluation.time_consistency.mixture_diagnostics`) at ``eval.time_sigmas``;
+  floats keyed ``heat_residual_std/sigma_<σ>``, ``heat_residual_mode_spread/sigma_<σ>``,
+  ``level_error/sigma_<σ>``."""
+  from fkdiff.evaluation import time_consistency
+  ev = config.eval
+  sigmas = tuple(float(s) for s in ev.get("time_sigmas", time_consistency.DEFAULT_SIGMAS))
+  run = jax.jit(lambda p, k: time_consistency.mixture_diagnostics(
+      functools.partial(task.energy_fn, p), data.mixture, k, sigmas,
+      int(ev.get("time_points", 256))), compiler_options=_compiler_options(config))
+  out = run(params, jax.random.key(config.seed + 2))
+  return {k: float(v) for k, v in out.items()}
