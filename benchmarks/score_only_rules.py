@@ -49,18 +49,6 @@ SCHEMES = {
 BOOT = 200
 
 
-def diag_mixture_energy(weights, means, variances):
-  """Exact diffused energy of a mixture with diagonal (here isotropic) covariances."""
-  log_w = jnp.log(jnp.asarray(weights, jnp.float32) / np.sum(weights))
-  mu = jnp.asarray(means, jnp.float32)
-  v0 = jnp.broadcast_to(jnp.asarray(variances, jnp.float32).reshape(mu.shape[0], -1), mu.shape)
-
-  def energy(x, sigma):
-    v = v0 + sigma**2
-    return -jax.nn.logsumexp(log_w - 0.5 * jnp.sum((x - mu)**2 / v + jnp.log(2 * jnp.pi * v), -1))
-  return energy
-
-
 def runner(target, weights, event_shape=(2,)):
   """One compiled program for every K: ``smc.init`` + ``smc.step`` in a ``fori_loop`` (what
   ``smc_sample`` scans over; the same keys as ``smc_sample`` would use)."""
@@ -99,13 +87,13 @@ def product_problem():
   resp = jax.vmap(jax.vmap(functools.partial(gmm.responsibilities, prod)))
   stats = lambda x: jnp.concatenate(
       [resp(x), jnp.exp(-0.5 * jnp.sum((x - mean)**2, -1, keepdims=True) / tau2)], -1)
-  target = product([diag_mixture_energy(*a), diag_mixture_energy(*b)])
+  target = product([gmm.diagonal_energy(*a), gmm.diagonal_energy(*b)])
   return target, stats, np.asarray(prod.weights, np.float64), kernel
 
 
 def tempered_problem(beta=3.0, radius=0.5):
   spec = ([0.45, 0.35, 0.2], [[-1.5, 0.0], [1.5, 0.5], [0.0, 2.0]], [0.4, 0.3, 0.5])
-  energy = diag_mixture_energy(*spec)
+  energy = gmm.diagonal_energy(*spec)
   centers = jnp.asarray(spec[1], jnp.float32)
 
   def regions(x):

@@ -82,7 +82,7 @@ def toy_tasks():
 def sixty_four_d():
   d, v0, beta = 64, 0.25, 4.0
   m = jnp.full((d,), 0.35)
-  energy = gmm.isotropic_energy([0.7, 0.3], jnp.stack([m, -m]), [v0, v0])
+  energy = gmm.diagonal_energy([0.7, 0.3], jnp.stack([m, -m]), [v0, v0])
 
   sigmas = karras_sigmas(64, 0.002, 80.0, 7.0)
   exact_mass, exact_var = 0.7**beta / (0.7**beta + 0.3**beta), (v0 + 0.002**2) / beta

@@ -45,19 +45,6 @@ Z = 4.0
 
 
 # ---------------------------------------------------------------- helpers
-def diag_mixture_energy(weights, means, variances):
-  """``E(x, σ) = −log Σ_k w_k Π_j N(x_j; μ_kj, v_kj + σ²)``: the exact diffused energy
-  (normalised) of a mixture with diagonal covariances, ``O(K d)`` per point."""
-  log_w = jnp.log(jnp.asarray(weights, jnp.float32) / np.sum(weights))
-  mu = jnp.asarray(means, jnp.float32)
-  v0 = jnp.broadcast_to(jnp.asarray(variances, jnp.float32).reshape(mu.shape[0], -1), mu.shape)
-
-  def energy(x, sigma):
-    v = v0 + sigma**2
-    return -jax.nn.logsumexp(log_w - 0.5 * jnp.sum((x - mu)**2 / v + jnp.log(2 * jnp.pi * v), -1))
-  return energy
-
-
 def runner(target, event_shape, weights, num, max_levels=K_LARGE, sigma_data=1.0):
   """``run(K, R, seed) -> (particles (R, N, ...), log_weights (R, N))``: R independent runs on the
   Karras grid of K + 1 levels (σ_max = 10 → σ_min = 0.002); one compiled program for every K."""
@@ -140,7 +127,7 @@ def case_product_1d():
   resp = jax.vmap(jax.vmap(functools.partial(gmm.responsibilities, prod)))
   observables = lambda x: jnp.stack(
       [resp(x)[..., 0], (jnp.abs(x[..., 0] - mean[0]) < r).astype(jnp.float32), x[..., 0]], -1)
-  return dict(target=targets.product([diag_mixture_energy(*s) for s in A_SPECS]),
+  return dict(target=targets.product([gmm.diagonal_energy(*s) for s in A_SPECS]),
               event_shape=(1,), observables=observables,
               exact=np.array([w[0], central, mean[0]]))
 
@@ -179,9 +166,9 @@ def case_product_10d():
   observables = lambda x: jnp.concatenate([resp(x), kernel(x)[..., None]], -1)
   exact = np.concatenate([np.asarray(prod.weights, np.float64),
                           [gaussian_kernel_moment(prod, mean, tau2)]])
-  return dict(target=targets.product([diag_mixture_energy(*sa), diag_mixture_energy(*sb)]),
+  return dict(target=targets.product([gmm.diagonal_energy(*sa), gmm.diagonal_energy(*sb)]),
               event_shape=(10,), observables=observables, exact=exact,
-              energies=[diag_mixture_energy(*s) for s in (sa, sb)], specs=(sa, sb))
+              energies=[gmm.diagonal_energy(*s) for s in (sa, sb)], specs=(sa, sb))
 
 
 def test_product_of_two_10d_anisotropic_mixtures():
@@ -205,7 +192,7 @@ BETA, RADIUS = 3.0, 0.5
 @functools.lru_cache(maxsize=None)
 def case_tempered_2d():
   """``p^β``, β = 3, of a three-mode 2-D mixture; exact on a 700² grid over [−7, 7]²."""
-  energy = diag_mixture_energy(*C_SPEC)
+  energy = gmm.diagonal_energy(*C_SPEC)
   grid = grid_lib.tabulate(lambda x: -BETA * energy(x, SIGMA_MIN), 7.0, 700)
   centers = jnp.asarray(C_SPEC[1], jnp.float32)
 
@@ -254,8 +241,8 @@ def case_cfg():
   w, m, v_u, v_c = 3.0, np.array([1.0, -0.5]), 2.0 + SIGMA_MIN**2, 0.5 + SIGMA_MIN**2
   var = 1 / (w / v_c + (1 - w) / v_u)
   mean = var * w * m / v_c
-  e_u = diag_mixture_energy([1.0], [[0.0, 0.0]], [2.0])
-  e_c = diag_mixture_energy([1.0], [m], [0.5])
+  e_u = gmm.diagonal_energy([1.0], [[0.0, 0.0]], [2.0])
+  e_c = gmm.diagonal_energy([1.0], [m], [0.5])
   observables = lambda x: jnp.concatenate(
       [x, jnp.exp(-0.5 * jnp.sum((x - mean)**2, -1, keepdims=True) / var)], -1)
   exact = np.concatenate([mean, [0.5]])      # E exp(−‖x − mean‖²/2var) under N(mean, var I_2)
@@ -279,7 +266,7 @@ SIGMA_ON = 0.00201                          # between the last two levels for ev
 def case_box_tilt():
   """``U = E − λ r(D(x, σ)) + box indicator (final level)``, r(y) = y: the final target
   ``p_σK(x) e^{λ D(x, σK)} 1[x ∈ B]`` of a two-mode 1-D mixture, on a grid."""
-  energy = diag_mixture_energy([0.5, 0.5], [[-1.0], [1.0]], [0.3, 0.3])
+  energy = gmm.diagonal_energy([0.5, 0.5], [[-1.0], [1.0]], [0.3, 0.3])
   target = targets.bounded_hard(targets.reward_tilt(energy, lambda y: jnp.sum(y), LAMBDA),
                                 BOX_LO, BOX_HI, SIGMA_ON)
   xs = jnp.linspace(-6, 6, 120001)[:, None]
@@ -329,8 +316,8 @@ def test_hard_box_and_reward_tilt_telescoping_terms():
 # ---------------------------------------------------------------- the rates
 def test_rate_instances():
   """``ρ`` of the instances in METHOD.md §4b (and the matched one), from the scheme itself."""
-  e1 = diag_mixture_energy([0.3, 0.7], [[-1.0, 0.5], [1.0, 0.0]], [0.5, 1.0])
-  e2 = diag_mixture_energy([1.0], [[0.5, -1.0]], [0.7])
+  e1 = gmm.diagonal_energy([0.3, 0.7], [[-1.0, 0.5], [1.0, 0.0]], [0.5, 1.0])
+  e2 = gmm.diagonal_energy([1.0], [[0.5, -1.0]], [0.7])
   beta, w = 3.0, 2.5
   tilted = targets.reward_tilt(targets.tempered(e1, beta), lambda y: jnp.sum(y**2), 2.0)
   unit, matched = ScoreOnly(), ScoreOnly(noise="matched")

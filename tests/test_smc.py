@@ -220,7 +220,7 @@ def test_tempered_mixture_in_64_dimensions_matched_scale():
   # leaves about one particle.
   d, v0, beta = 64, 0.25, 4.0
   m = jnp.full((d,), 0.35)
-  energy = gmm.isotropic_energy([0.7, 0.3], jnp.stack([m, -m]), [v0, v0])
+  energy = gmm.diagonal_energy([0.7, 0.3], jnp.stack([m, -m]), [v0, v0])
   x = jax.random.normal(jax.random.key(0), (d,))
   np.testing.assert_allclose(energy(x, 0.5), gmm.energy(gmm.make_mixture(
       [0.7, 0.3], np.stack([m, -m]), [v0, v0]), x, 0.5), rtol=1e-5)

@@ -95,19 +95,18 @@ def responsibilities(gmm: GaussianMixture, x: Array) -> Array:
   return jax.nn.softmax(_component_log_probs(gmm, x))
 
 
-def isotropic_energy(weights, means, variances) -> Callable[[Array, Array], Array]:
-  """``E(x, σ) = −log Σ_k w_k N(x; μ_k, (v_k + σ²) I)``, the exact diffused energy (normalised)
-  of a mixture of isotropic components, in O(K d) per point (no Cholesky factor): high-dimensional
-  ground truth. ``weights (K,)`` (normalised here), ``means (K, d)``, ``variances (K,)``."""
+def diagonal_energy(weights, means, variances) -> Callable[[Array, Array], Array]:
+  """``E(x, σ) = −log Σ_k w_k Π_j N(x_j; μ_kj, v_kj + σ²)``, the exact diffused energy
+  (normalised) of a mixture with diagonal covariances, in O(K d) per point (no Cholesky factor):
+  high-dimensional ground truth. ``weights (K,)`` (normalised here), ``means (K, d)``,
+  ``variances (K,)`` (isotropic components) or ``(K, d)``."""
   log_w = jnp.log(jnp.asarray(weights, jnp.float32) / jnp.sum(jnp.asarray(weights, jnp.float32)))
-  means = jnp.asarray(means, jnp.float32)
-  v0 = jnp.asarray(variances, jnp.float32)
-  d = means.shape[1]
+  mu = jnp.asarray(means, jnp.float32)
+  v0 = jnp.broadcast_to(jnp.asarray(variances, jnp.float32).reshape(mu.shape[0], -1), mu.shape)
 
   def energy_fn(x, sigma):
     v = v0 + sigma**2
-    sq = jnp.sum((x[None] - means)**2, axis=-1)
-    return -jax.nn.logsumexp(log_w - sq / (2 * v) - 0.5 * d * jnp.log(2 * jnp.pi * v))
+    return -jax.nn.logsumexp(log_w - 0.5 * jnp.sum((x - mu)**2 / v + jnp.log(2 * jnp.pi * v), -1))
   return energy_fn
 
 
