@@ -74,7 +74,10 @@ def job_config() -> ml_collections.ConfigDict:
   c.sampler.num_leapfrog = 5                    # HMC (annealed baseline and rejuvenation).
   c.sampler.mala_target_acceptance = 0.0        # > 0: annealed MALA tunes its step per level.
   c.sampler.hmc_target_acceptance = 0.0         # > 0: annealed HMC tunes its step per level.
-  c.sampler.score_rule = "left"                 # smc_score's quadrature: 'left' | 'trapezoid'.
+  # smc_score's quadrature, 'trapezoid' | 'left' (the library default). Measured on this job
+  # (8 seeds, 100 levels, learned energies): mode-mass TV 0.037 / 0.027 (product / low
+  # temperature) with the trapezoid, 0.041 / 0.034 with the left rule (benchmarks/RESULTS.md).
+  c.sampler.score_rule = "trapezoid"
   c.eval = ml_collections.ConfigDict()
   c.eval.num_seeds = 1                          # independent runs of every method (mean ± std).
   c.eval.grid_size = 400
