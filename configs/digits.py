@@ -2,9 +2,13 @@
 
 Two class-conditional U-Net teachers on scikit-learn's 8×8 digits (the digit; the attribute
 "heavy stroke"), each distilled into an energy, a small judge classifier, then
-(1) ``∝ p(x|c)^β`` for every digit and β ∈ {1, 2, 4} by SMC, naive β-scaled score and CFG with
-weight β; (2) digit c AND heavy stroke by SMC and the CFG-style score sum
-(see fkdiff/experiments/digits.py for the targets and metrics).
+(1) ``∝ p(x|c)^β`` for every digit and β ∈ {1, 2, 4} by SMC with score-only weights
+(``smc_score``) and with exact-ratio weights (``smc_ratio``), the naive β-scaled score and CFG
+with weight β; (2) digit c AND heavy stroke by both SMC schemes and the CFG-style score sum
+(see fkdiff/experiments/digits.py for the targets and metrics). Every method draws
+``sampler.num_samples`` samples per condition; SMC draws each from its own independent run of
+``sampler.particles_per_run`` particles (``sampler.smc_mode = 'runs'``; ``'set'``: one run of
+``num_samples`` particles, resampled), and every row reports its NFE per sample.
 
 Launch:
   python launch.py --config=configs/digits.py --workdir=runs/digits
@@ -13,13 +17,12 @@ Launch:
 
 Outputs in the workdir: results.json / results.txt, sample grids (one row per condition),
 teachers/, energies/, classifier/ (reused on relaunch), TensorBoard scalars.
-Expected time on 2 CPU cores: full ≈ 70 min measured on a shared machine (training 31 min:
-teachers ≈ 14 steps/s, distillation ≈ 3.5 steps/s; sampling 40 min); :smoke ≈ 3 min (quality
-meaningless). Measured figures (README, benchmarks/RESULTS.md): judge accuracy 0.94; SMC adherence
-1.00 at β ≥ 2 and AND "both" 0.80–0.90 (two sampling runs) vs 0.80 for the score sum, but SMC's
-64 particles collapse to a few distinct samples per condition: the distilled energy's values make
-the weights degenerate (more particles make it worse, more levels move the samples off the data:
-benchmarks/digits_particles.py).
+Expected time on 2 CPU cores: training ≈ 31 min (teachers ≈ 14 steps/s, distillation ≈ 3.5
+steps/s; measured on a shared machine); sampling: an SMC row costs ``particles_per_run`` times a
+reverse-diffusion row of as many samples and more (the previous one-set job sampled in 40 min;
+with 8 particles per run expect a few hours for all rows: reduce ``num_samples`` or the
+``methods`` for a quicker look); :smoke ≈ 3 min (quality meaningless). Measured figures: README,
+benchmarks/RESULTS.md ("Digits SMC, one sample per independent run", on the demo models).
 """
 
 from fkdiff.experiments.digits import job_config
@@ -54,6 +57,7 @@ def get_config(variant: str = ""):
     c.low_temperature.betas = (1.0, 3.0)
     c.conjunction.classes = (0, 7)
     c.sampler.num_samples = 8
+    c.sampler.particles_per_run = 4
     c.sampler.num_steps = 6
     c.classifier.num_steps = 100
     c.eval.grid_samples = 4
@@ -62,8 +66,8 @@ def get_config(variant: str = ""):
 
 def _demo():
   """The models the digits notebook ships (colabs/digits_demo): the full run's training with the
-  smoke run's one-level U-Net (width 16), whose samplers compile in seconds; 32 particles × 32
-  levels. Retrain them with
+  smoke run's one-level U-Net (width 16), whose samplers compile in seconds; 32 samples per
+  condition (SMC: 32 runs of 8 particles) × 32 levels. Retrain them with
   ``python launch.py --config=configs/digits.py:demo --workdir=runs/digits_demo`` (≈ 15 min)."""
   c = get_config()
   for stage in (c.teacher, c.distill):

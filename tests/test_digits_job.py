@@ -91,10 +91,17 @@ def test_heavy_stroke_splits_the_train_digits_at_the_median(tmp_path):
 
 
 @pytest.mark.parametrize("section,key,value,message", [
-    ("low_temperature", "methods", ("smc", "langevin"), "Unknown low_temperature method 'langevin'"),
+    ("low_temperature", "methods", ("smc_score", "langevin"),
+     "Unknown low_temperature method 'langevin'"),
+    ("conjunction", "methods", ("smc",), "Unknown conjunction method 'smc'"),
     ("conjunction", "classes", (3, 12), "Unknown class 12"),
     ("sampler", "particles", 4, "Unknown config key 'sampler.particles'"),
     ("low_temperature", "betas", (1.0, 0.0), "betas must be > 0"),
+    ("sampler", "smc_mode", "batch", "Unknown sampler.smc_mode 'batch'"),
+    ("sampler", "rejuvenation", "ula", "Unknown sampler.rejuvenation 'ula'"),
+    ("sampler", "particles_per_run", 1, "particles_per_run must be >= 2"),
+    ("sampler", "resample_sigma_range", (1.0,), "resample_sigma_range must be"),
+    ("sampler", "resample_sigma_range", (2.0, 1.0), "resample_sigma_range must be"),
 ])
 def test_bad_names_are_rejected(section, key, value, message):
   config = _config("smoke")
@@ -103,16 +110,45 @@ def test_bad_names_are_rejected(section, key, value, message):
     digits.validate_job_config(config)
 
 
+def test_one_draw_per_independent_run_samples_the_target():
+  """The job's SMC sampler in 'runs' mode on an exact energy (data N(0, 1)), 2 conditions × 2,000
+  runs × 8 particles × 32 levels, one draw per run. Exact-ratio weights at β = 2: variance 1/2
+  (the naive β-scaled score gives 1/3). Score-only weights at β = 1: the increments vanish, the
+  ESS stays ~N and the draws are distributed as the plain reverse SDE's on the same levels
+  (Euler–Maruyama from σ = 80 on 32 levels: variance ~1.4, not 1). Diagnostics' shapes, NFE."""
+  config = digits.job_config()
+  s = config.sampler
+  s.num_samples, s.particles_per_run, s.num_steps = 2000, 8, 32
+  energy = lambda x, sigma: 0.5 * jnp.sum(x**2) / (1.0 + sigma**2)   # p_σ = N(0, 1 + σ²)
+  potential = lambda params, cond: digits.targets.tempered(energy, cond[1])
+  conditions = digits.sampler_conditions((0, 1), 2.0)
+  ratio = digits.make_sampler("smc_ratio", potential, config, (1,), sigma_data=1.0)
+  x, diag = ratio({}, jax.random.key(0), *conditions)
+  assert x.shape == (2, 2000, 1)
+  np.testing.assert_allclose(np.var(np.asarray(x), axis=(1, 2)), 0.5, atol=0.05)
+  assert diag["ess_path"].shape == diag["resampled"].shape == (2, 31)
+  np.testing.assert_array_equal(diag["nfe_per_sample"], 8 * 32)
+  assert np.all(diag["ess_min_fraction"] > 0.1) and np.all(diag["set_unique"] > 0.3), diag
+  score = digits.make_sampler("smc_score", potential, config, (1,), sigma_data=1.0)
+  plain = digits.make_sampler("naive", potential, config, (1,), sigma_data=1.0)
+  x, diag = score({}, jax.random.key(1), *digits.sampler_conditions((0, 1), 1.0))
+  assert np.all(diag["ess_min_fraction"] > 0.99) and np.all(diag["resamplings"] == 0), diag
+  y, plain_diag = plain({}, jax.random.key(2), *digits.sampler_conditions((0, 1), 1.0))
+  np.testing.assert_allclose(np.var(np.asarray(x)), np.var(np.asarray(y)), rtol=0.08)
+  np.testing.assert_array_equal(plain_diag["nfe_per_sample"], 31)
+
+
 @pytest.mark.slow
 def test_smoke_job_end_to_end_and_identities_on_the_learned_energy(tmp_path, capsys):
   """Teachers → distilled energies → classifier → every task and method, then a relaunch that
   reuses every stage; on the learned energy, AND(c, c) = guidance weight 2 and E_c + E_c = 2 E_c."""
   config = _config("smoke")
   config.data_dir = str(tmp_path / "tfds")
-  # Every potential and both samplers, with three compilations instead of five: 'naive' and
-  # 'cfg' share the reverse-diffusion sampler, 'smc' and 'naive' the AND potential.
-  config.low_temperature.methods = ("smc", "cfg")
-  config.conjunction.methods = ("naive",)
+  # Every potential, both SMC weight schemes and the reverse-diffusion sampler in three
+  # compilations: 'naive' shares cfg's sampler, and the tempered and AND potentials serve every
+  # method of their task.
+  config.low_temperature.methods = ("smc_score", "cfg")
+  config.conjunction.methods = ("smc_ratio",)
   results = digits.run(config, str(tmp_path / "run"))
   run = tmp_path / "run"
   saved = json.loads((run / "results.json").read_text())
@@ -126,7 +162,16 @@ def test_smoke_job_end_to_end_and_identities_on_the_learned_energy(tmp_path, cap
   for method in config.conjunction.methods:
     row = results["and"]["heavy"][method]
     assert 0 <= row["both"] <= min(row["adherence"], row["heavy"]), row
-  assert 0 < results["low_temperature"]["beta1"]["smc"]["ess_min_fraction"] <= 1
+  # NFE per sample: one draw per run of N particles, K levels, one network call per label.
+  s = config.sampler
+  smc_row = results["low_temperature"]["beta1"]["smc_score"]
+  assert smc_row["nfe_per_sample"] == s.particles_per_run * 1 * s.num_steps
+  assert results["and"]["heavy"]["smc_ratio"]["nfe_per_sample"] == (
+      s.particles_per_run * 3 * s.num_steps)
+  assert results["low_temperature"]["beta3"]["cfg"]["nfe_per_sample"] == 2 * (s.num_steps - 1)
+  for row in (smc_row, results["and"]["heavy"]["smc_ratio"]):
+    assert 0 < row["ess_min_fraction"] <= 1 and 0 < row["set_unique"] <= 1, row
+    assert row["unique"] > 0.9, row        # independent runs: no duplicated samples
   assert (run / "teachers" / "class" / "checkpoints").is_dir()
   assert (run / "results.txt").read_text().startswith("classifier test accuracy")
 
@@ -138,9 +183,12 @@ def test_smoke_job_end_to_end_and_identities_on_the_learned_energy(tmp_path, cap
       {"class": energy.params, "stroke": energy.params}, (3, 2.0))(a, 0.5))(x)
   np.testing.assert_allclose(guided, e(energy.null) + 2 * (e(3) - e(energy.null)), rtol=1e-5,
                              atol=1e-4)
-  tempered = jax.vmap(lambda a: pot["low_temperature", "smc"](
+  tempered = jax.vmap(lambda a: pot["low_temperature", "smc_score"](
       {"class": energy.params}, (3, 2.0))(a, 0.5))(x)
   np.testing.assert_allclose(tempered, e(3) + e(3), rtol=1e-5, atol=1e-4)
+  both = jax.vmap(lambda a: pot["and", "smc_ratio"](
+      {"class": energy.params, "stroke": energy.params}, (3, 1.0))(a, 0.5))(x)
+  np.testing.assert_allclose(both, e(3) + e(digits.HEAVY) - e(energy.null), rtol=1e-5, atol=1e-4)
   # (After two smoke steps the label barely moves the energy: the same identities with labels
   # that matter are checked on a random conditional U-Net in tests/test_images.py.)
 

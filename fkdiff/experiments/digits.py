@@ -8,24 +8,41 @@ Stages (each reused when finished; an interrupted one resumes from its checkpoin
      ``E(x, σ | c)`` and ``E(x, σ | ∅)``;
   3. a small CNN classifier of the digits (``<workdir>/classifier``), the judge of adherence and
      the feature space of a Fréchet distance (the digits' stand-in for Inception / FID);
-  4. sampling, one batch per condition (vmapped over conditions), every method on the same energy:
-     - ``low_temperature``: ``∝ p(x | c)^β`` for every class c and β in ``betas``, by ``smc``
-       (Feynman–Kac SMC on ``β E(x, σ | c)``), ``naive`` (reverse diffusion on the β-scaled
-       score) and ``cfg`` (classifier-free guidance with weight β, ``∝ p(x) (p(x|c)/p(x))^β``,
-       the usual way to buy adherence);
+  4. sampling, ``num_samples`` samples per condition (conditions vmapped), every method on the
+     same energy:
+     - ``low_temperature``: ``∝ p(x | c)^β`` for every class c and β in ``betas``, by
+       Feynman–Kac SMC on ``β E(x, σ | c)`` with score-only weights (``smc_score``,
+       :class:`~fkdiff.sampling.ScoreOnly`) or exact-ratio weights (``smc_ratio``,
+       :class:`~fkdiff.sampling.ExactRatio`), ``naive`` (reverse diffusion on the β-scaled score)
+       and ``cfg`` (classifier-free guidance with weight β, ``∝ p(x) (p(x|c)/p(x))^β``, the usual
+       way to buy adherence);
      - ``and``: digit c AND heavy stroke, ``∝ p(x|c) p(x|heavy) / p(x)``
-       (``U = E_class(x|c) + E_stroke(x|heavy) − E_stroke(x|∅)``), by ``smc`` and ``naive``
-       (the CFG-style score sum).
+       (``U = E_class(x|c) + E_stroke(x|heavy) − E_stroke(x|∅)``), by ``smc_score``,
+       ``smc_ratio`` and ``naive`` (the CFG-style score sum).
+
+How SMC makes its samples (``sampler.smc_mode``, METHOD.md §4b "High dimension"): ``'runs'``
+(default, as the image peers FKC and FK-steering do) runs ``num_samples`` independent SMC runs of
+``particles_per_run`` particles each (vmapped over run keys) and keeps one draw from each final
+weighted set: diversity comes from the runs, the weights only choose within a run. ``'set'`` runs
+one SMC of ``num_samples`` particles and resamples its final set (in 64 dimensions its weights
+degenerate for β > 1 and the set collapses onto a few lineages).
+
 Metrics: ``adherence`` (classifier accuracy on the requested class), ``heavy`` and ``both``
 (fractions with the heavy-stroke attribute, computed exactly from the pixels, and with both),
 ``diversity`` (mean pairwise distance of classifier features within a condition), ``unique``
-(fraction of distinct samples: SMC's final resampling duplicates particles), ``frechet`` (Fréchet
-distance in classifier-feature space to the real train images of the same conditions), and SMC's
-minimum ESS fraction. Outputs: ``results.json``, ``results.txt``, sample grids ``*.png`` (one row
-per condition), TensorBoard scalars.
+(fraction of distinct samples), ``frechet`` (Fréchet distance in classifier-feature space to the
+real train images of the same conditions) and ``nfe_per_sample`` (network evaluations per sample:
+levels × particles × labels, plus the rejuvenation steps; a conditional network evaluated on L
+labels counts L; reverse diffusion: (levels − 1) × labels). SMC's within-set diagnostics, means over runs and conditions: ``ess_min_fraction``
+(minimum ESS / N over the levels and the final set), ``set_unique`` (distinct fraction of a
+systematic resampling of a run's final set), ``resamplings`` (resampling events per run),
+``acceptance`` (rejuvenation's mean acceptance probability) and ``weights_invalid``. Outputs:
+``results.json``, ``results.txt``, sample grids ``*.png`` (one row per condition), TensorBoard
+scalars.
 """
 
 import functools
+import json
 import os
 from typing import Callable, Dict, NamedTuple
 
@@ -40,14 +57,18 @@ from fkdiff.diffusion import edm
 from fkdiff.evaluation import classifier as classifier_lib
 from fkdiff.evaluation import frechet
 from fkdiff.experiments import common
-from fkdiff.sampling import reverse, smc, targets
+from fkdiff.sampling import mcmc, resampling, reverse, smc, targets
 from fkdiff.sampling.baselines import naive_reverse_sample
+from fkdiff.sampling.weights import ExactRatio, ScoreOnly
 from fkdiff.training import checkpoint
 from fkdiff.training.config import default_config, validate_config
 
 TASKS = ("low_temperature", "and")
-LOW_TEMPERATURE_METHODS = ("smc", "naive", "cfg")
-AND_METHODS = ("smc", "naive")
+SMC_METHODS = ("smc_score", "smc_ratio")    # score-only / exact-ratio weights
+LOW_TEMPERATURE_METHODS = SMC_METHODS + ("naive", "cfg")
+AND_METHODS = SMC_METHODS + ("naive",)
+SMC_MODES = ("runs", "set")
+REJUVENATION = ("", "mala", "hmc")
 MODELS = {"class": ("class", 10), "stroke": ("heavy_stroke", 2)}   # name -> (data.label, classes)
 HEAVY = 1
 
@@ -69,14 +90,21 @@ def job_config() -> ml_collections.ConfigDict:
   c.conjunction.classes = tuple(range(10))
   c.conjunction.methods = AND_METHODS
   c.sampler = ml_collections.ConfigDict()
-  c.sampler.num_samples = 64      # particles (= samples) per condition.
-  c.sampler.num_steps = 64
+  c.sampler.num_samples = 64      # samples per condition, every method.
+  c.sampler.num_steps = 64        # levels σ_0 > … > σ_K (Karras).
   c.sampler.sigma_min = 0.002
   c.sampler.sigma_max = 80.0
   c.sampler.rho = 7.0
+  c.sampler.smc_mode = "runs"     # 'runs': num_samples independent SMC runs, one draw from each;
+                                  # 'set': one run of num_samples particles, final set resampled.
+  c.sampler.particles_per_run = 8   # N of each independent run ('runs' only).
   c.sampler.ess_threshold = 0.5
-  c.sampler.rejuvenation = ""     # '', 'mala' or 'hmc' after each resampling.
+  c.sampler.resample_sigma_range = ()   # (σ_lo, σ_hi): resample only there; () every level.
+  c.sampler.rejuvenation = ""     # '', 'mala' or 'hmc' at σ_k after each resampling.
   c.sampler.rejuvenation_steps = 1
+  c.sampler.rejuvenation_step_size = 0.05   # MALA h = this · σ²; HMC ε = sqrt(2h), 5 leapfrogs.
+  c.sampler.score_noise = "unit"  # smc_score's proposal noise: 'unit' or 'matched' (ScoreOnly).
+  c.sampler.score_rule = "left"   # smc_score's quadrature: 'left' or 'trapezoid' (ScoreOnly).
   c.classifier = ml_collections.ConfigDict()
   c.classifier.num_steps = 1500
   c.eval = ml_collections.ConfigDict()
@@ -109,6 +137,42 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"Unknown {kind} {unknown[0]!r} in the config; choose from {valid}.")
   if any(b <= 0 for b in config.low_temperature.betas):
     raise ValueError(f"low_temperature.betas must be > 0, got {config.low_temperature.betas}.")
+  s = config.sampler
+  for key, value, valid in (("smc_mode", s.smc_mode, SMC_MODES),
+                            ("rejuvenation", s.rejuvenation, REJUVENATION),
+                            ("score_noise", s.score_noise, ("unit", "matched")),
+                            ("score_rule", s.score_rule, ("left", "trapezoid"))):
+    if value not in valid:
+      raise ValueError(f"Unknown sampler.{key} {value!r}; choose from {valid}.")
+  if s.smc_mode == "runs" and s.particles_per_run < 2:
+    raise ValueError(f"sampler.particles_per_run must be >= 2, got {s.particles_per_run}.")
+  window = tuple(s.resample_sigma_range)
+  if window and (len(window) != 2 or not 0 <= window[0] < window[1]):
+    raise ValueError("sampler.resample_sigma_range must be () or (σ_lo, σ_hi) with "
+                     f"0 <= σ_lo < σ_hi, got {window}.")
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """A finished run's ``config.json`` on this version's keys: its values where the key still
+  exists, the defaults of :func:`job_config` for new keys, and methods this version no longer
+  has (a run saved before ``smc`` split into ``smc_score`` / ``smc_ratio``) replaced by the
+  defaults. Used to sample an earlier run's (or the shipped demo's) models."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved = json.load(f)
+  config = job_config()
+  as_value = lambda v: tuple(v) if isinstance(v, list) else v
+  for key, value in saved.items():
+    if key in ("teacher", "distill"):
+      config[key] = ml_collections.ConfigDict(value)
+    elif isinstance(value, dict) and key in config:
+      config[key].update({k: as_value(v) for k, v in value.items() if k in config[key]})
+    elif key in config:
+      config[key] = as_value(value)
+  for section, valid in (("low_temperature", LOW_TEMPERATURE_METHODS),
+                         ("conjunction", AND_METHODS)):
+    if any(m not in valid for m in config[section].methods):
+      config[section].methods = valid
+  return config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,11 +285,12 @@ def get_classifier(config, workdir: str, train: dict, test: dict) -> classifier_
 
 
 def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
-  """Per (task, method) target ``(params, cond) -> U(x, σ)``; ``cond = (class, β)``.
+  """Per (task, method) target ``(params, cond) -> U``; ``cond = (class, β)``.
 
   ``params`` is ``{model: parameters}`` (a jit argument); ``cond`` holds traced scalars. Each
-  ``U`` is a :mod:`fkdiff.sampling.targets` potential and records its scale (β when tempered),
-  which ``smc_sample`` matches its kernels to.
+  ``U`` is a :class:`fkdiff.sampling.Target` (its ``weights`` have one entry per network label
+  evaluated) and records its scale (β when tempered), to which ``smc_sample`` sizes its start
+  (and, for exact-ratio weights, its kernels).
   """
   cls, stroke = energies["class"], energies["stroke"]
 
@@ -235,46 +300,107 @@ def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
   def tempered(params, cond):
     return targets.tempered(e(cls, params["class"], cond[0]), cond[1])
 
-  def guided(params, cond):   # E(x|∅) + β (E(x|c) − E(x|∅)), ∅ and c in one network call.
-    return targets.label_sum(functools.partial(cls.fn, params["class"]),
-                             jnp.stack([cls.null, cond[0]]),
-                             jnp.stack([1.0 - cond[1], cond[1]]))
+  # One network call per label (targets.product of closures), not targets.label_sum's one
+  # batched call: on XLA:CPU (jax 0.10.2) a label-vmapped network under two more vmaps
+  # (conditions × runs × particles) segfaults at run time; the values are the same.
+  def guided(params, cond):   # E(x|∅) + β (E(x|c) − E(x|∅))
+    return targets.product([e(cls, params["class"], cls.null), e(cls, params["class"], cond[0])],
+                           jnp.stack([1.0 - cond[1], cond[1]]))
 
   def conjunction(params, cond):   # E(x|c) + E'(x|heavy) − E'(x|∅); scale 1 + 1 − 1.
-    return targets.product([e(cls, params["class"], cond[0]),
-                            targets.label_sum(functools.partial(stroke.fn, params["stroke"]),
-                                              jnp.array([HEAVY, stroke.null]), [1.0, -1.0])])
+    return targets.product([e(cls, params["class"], cond[0]), e(stroke, params["stroke"], HEAVY),
+                            e(stroke, params["stroke"], stroke.null)], [1.0, 1.0, -1.0])
 
-  return {("low_temperature", "smc"): tempered, ("low_temperature", "naive"): tempered,
-          ("low_temperature", "cfg"): guided, ("and", "smc"): conjunction,
-          ("and", "naive"): conjunction}
+  out = {("low_temperature", "naive"): tempered, ("low_temperature", "cfg"): guided,
+         ("and", "naive"): conjunction}
+  for method in SMC_METHODS:
+    out["low_temperature", method], out["and", method] = tempered, conjunction
+  return out
+
+
+def smc_parts(method: str, sampler_config) -> dict:
+  """The ``smc_sample`` options of an SMC method: ``weights``, ``resampling``, ``rejuvenation``."""
+  s = sampler_config
+  weights = (ScoreOnly(rule=s.score_rule, noise=s.score_noise) if method == "smc_score"
+             else ExactRatio())
+  window = tuple(float(v) for v in s.resample_sigma_range) or None
+  rejuvenation = None
+  if s.rejuvenation:
+    h = s.rejuvenation_step_size
+    step = ((lambda sigma: h * sigma**2) if s.rejuvenation == "mala"
+            else (lambda sigma: jnp.sqrt(2 * h) * sigma))   # one leapfrog of ε = sqrt(2h) ≈ MALA
+    rejuvenation = mcmc.rejuvenation(s.rejuvenation, s.rejuvenation_steps, step)
+  return {"weights": weights, "rejuvenation": rejuvenation,
+          "resampling": smc.Resampling("systematic", s.ess_threshold, window)}
+
+
+def rejuvenation_cost(method: str, sampler_config) -> int:
+  """Network evaluations (per label and particle) that one resampling event adds: the
+  rejuvenation's value-and-gradient steps (HMC: 5 leapfrogs each), plus score-only weights'
+  re-evaluation of the moved particles."""
+  s = sampler_config
+  if not s.rejuvenation:
+    return 0
+  per_step = 5 if s.rejuvenation == "hmc" else 1
+  return s.rejuvenation_steps * per_step + (method == "smc_score")
+
+
+def _distinct(idx: jax.Array) -> jax.Array:
+  """Number of distinct entries of an int vector."""
+  idx = jnp.sort(idx)
+  return 1 + jnp.sum(idx[1:] != idx[:-1])
 
 
 def make_sampler(method: str, potential: Callable, config, event_shape, sigma_data: float):
-  """``sample(params, key, classes (C,), betas (C,)) -> (samples (C, N, *event), diagnostics)``,
-  jitted, one particle batch per condition (vmapped); ``potential`` from :func:`potentials`.
+  """``sample(params, key, classes (C,), betas (C,)) -> (samples (C, M, *event), diagnostics)``,
+  jitted, ``M = sampler.num_samples`` samples per condition (vmapped over conditions);
+  ``potential`` from :func:`potentials`.
 
-  SMC's diagnostics: ``ess_min_fraction``, ``weights_invalid`` (C,) and, per level σ_k,
-  ``ess_path`` (ESS / N), ``resampled`` and ``sigma`` (C, K).
+  SMC (``smc_score``, ``smc_ratio``) in ``sampler.smc_mode``: ``'runs'``, M independent runs of
+  ``particles_per_run`` particles (vmapped over run keys), one draw from each final weighted set
+  (one index drawn with the normalised weights); ``'set'``, one run of M particles whose final set
+  is resampled (systematic). Diagnostics, ``(C,)`` per condition (means over the runs):
+  ``nfe_per_sample`` (every method; see the module doc), and for SMC ``ess_min_fraction``,
+  ``set_unique``, ``resamplings``, ``weights_invalid``, ``acceptance`` (with rejuvenation; the
+  mean over a run's resampling events, 0 if it never resampled), and per level σ_k
+  ``ess_path`` (mean ESS / N), ``resampled`` (fraction of runs resampling) and ``sigma`` (C, K).
   """
   s = config.sampler
   sigmas = edm.karras_sigmas(s.num_steps, s.sigma_min, s.sigma_max, s.rho)
-  n = s.num_samples
+  levels = int(sigmas.shape[0])
+  m = s.num_samples
+  runs = s.smc_mode == "runs"
+  n = s.particles_per_run if runs else m      # particles of one SMC run
 
-  def one(params, key, cls, beta):
+  def smc_run(key, u):   # one SMC run: (its sample(s), diagnostics)
+    k_smc, k_set, k_one = jax.random.split(key, 3)
+    res = smc.smc_sample(k_smc, u, sigmas, n, event_shape, sigma_data=sigma_data,
+                         **smc_parts(method, s))
+    idx = resampling.systematic(k_set, res.log_weights, n)    # the final set, resampled
+    x = res.particles[resampling.multinomial(k_one, res.log_weights, 1)[0] if runs else idx]
+    num_resampled = jnp.sum(res.info.resampled)
+    evals = n * u.weights.shape[0] * (levels + num_resampled * rejuvenation_cost(method, s))
+    diag = {"ess_min_fraction": jnp.minimum(jnp.min(res.info.ess), res.ess) / n,
+            "set_unique": _distinct(idx) / n, "resamplings": num_resampled.astype(jnp.float32),
+            "weights_invalid": res.weights_invalid.astype(jnp.float32),
+            "nfe_per_sample": (evals / (1 if runs else n)).astype(jnp.float32),
+            "ess_path": res.info.ess / n,
+            "resampled": res.info.resampled.astype(jnp.float32), "sigma": res.info.sigma}
+    if s.rejuvenation:   # mean over the resampling events (0 where a run never resampled)
+      diag["acceptance"] = jnp.sum(res.info.acceptance_rate) / jnp.maximum(num_resampled, 1)
+    return x, diag
+
+  def one(params, key, cls, beta):   # one condition
     u = potential(params, (cls, beta))
-    if method == "smc":
-      res = smc.smc_sample(key, u, sigmas, n, event_shape, sigma_data=sigma_data,
-                           ess_threshold=s.ess_threshold, final_resample=True,
-                           rejuvenation=s.rejuvenation or None,
-                           rejuvenation_steps=s.rejuvenation_steps)
-      return res.particles, {"ess_min_fraction": jnp.min(res.info.ess) / n,
-                             "weights_invalid": res.weights_invalid.astype(jnp.float32),
-                             "ess_path": res.info.ess / n, "resampled": res.info.resampled,
-                             "sigma": res.info.sigma}
+    if method in SMC_METHODS and runs:
+      x, diag = jax.vmap(smc_run, in_axes=(0, None))(jax.random.split(key, m), u)
+      return x, jax.tree.map(lambda v: jnp.mean(v, axis=0), diag)
+    if method in SMC_METHODS:
+      return smc_run(key, u)
     k_init, k_run = jax.random.split(key)
-    x_init = reverse.prior_sample(k_init, n, event_shape, s.sigma_max, sigma_data)
-    return naive_reverse_sample(k_run, u, x_init, sigmas), {}
+    x_init = reverse.prior_sample(k_init, m, event_shape, s.sigma_max, sigma_data)
+    nfe = jnp.float32(u.weights.shape[0] * (levels - 1))
+    return naive_reverse_sample(k_run, u, x_init, sigmas), {"nfe_per_sample": nfe}
 
   @jax.jit
   def sample(params, key, classes, betas):
@@ -390,13 +516,14 @@ def run_tasks(config, workdir: str, energies: Dict[str, ConditionalEnergy], judg
 
 def format_table(results: dict) -> str:
   """The results as a fixed-width table: one row per task × setting × method."""
-  cols = ("adherence", "both", "heavy", "diversity", "unique", "frechet", "ess_min_fraction")
+  cols = ("adherence", "both", "heavy", "diversity", "unique", "frechet", "nfe_per_sample",
+          "ess_min_fraction", "set_unique")
   rows = [((task, setting, method), m) for task in TASKS
           for setting, by_method in results.get(task, {}).items()
           for method, m in by_method.items()]
   return "\n".join([f"classifier test accuracy {results['classifier_test_accuracy']:.3f}; heavy "
                     f"stroke: mean ink > {results['heavy_threshold']:.4f}"] +
-                   common.metrics_table((("task", 16), ("setting", 8), ("method", 7)), cols,
+                   common.metrics_table((("task", 16), ("setting", 8), ("method", 9)), cols,
                                         rows, 10))
 
 
