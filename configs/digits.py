@@ -18,11 +18,12 @@ Launch:
 Outputs in the workdir: results.json / results.txt, sample grids (one row per condition),
 teachers/, energies/, classifier/ (reused on relaunch), TensorBoard scalars.
 Expected time on 2 CPU cores: training ≈ 31 min (teachers ≈ 14 steps/s, distillation ≈ 3.5
-steps/s; measured on a shared machine); sampling: an SMC row costs ``particles_per_run`` times a
-reverse-diffusion row of as many samples and more (the previous one-set job sampled in 40 min;
-with 8 particles per run expect a few hours for all rows: reduce ``num_samples`` or the
-``methods`` for a quicker look); :smoke ≈ 3 min (quality meaningless). Measured figures: README,
-benchmarks/RESULTS.md ("Digits SMC, one sample per independent run", on the demo models).
+steps/s; measured on a shared machine); sampling: an SMC row costs more than ``particles_per_run``
+times a reverse-diffusion row of as many samples (the one-set job of 2026-11-25 sampled in 40 min;
+with 8 particles per run, estimated from the demo models' rows and not measured, 1.5–3 h for all
+rows: reduce ``num_samples`` or the ``methods`` for a quicker look); :smoke ≈ 2 min (quality
+meaningless). Measured figures: README, benchmarks/RESULTS.md ("Digits SMC, one sample per
+independent run", on the demo models).
 """
 
 from fkdiff.experiments.digits import job_config
