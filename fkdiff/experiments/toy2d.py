@@ -43,7 +43,7 @@ from fkdiff.training.config import default_config, validate_config
 
 TASKS = ("product", "low_temperature")
 METHODS = ("smc_score", "smc_ratio", "naive", "mala", "hmc")
-SMC_WEIGHTS = {"smc_score": weights_lib.ScoreOnly, "smc_ratio": weights_lib.ExactRatio}
+SMC_METHODS = ("smc_score", "smc_ratio")        # score-only / exact-ratio weights
 SOURCES = ("learned", "exact")
 
 
@@ -243,7 +243,7 @@ def run_method(method: str, keys, potential, params, config, sigma_data: float):
   sigmas = edm.karras_sigmas(s.num_steps, s.sigma_min, s.sigma_max, s.rho)
   n = s.num_particles
   step_size = lambda sig: s.mcmc_step_scale * sig**2 + 1e-4
-  if method in SMC_WEIGHTS:
+  if method in SMC_METHODS:
     scheme = (weights_lib.ScoreOnly(rule=s.score_rule) if method == "smc_score"
               else weights_lib.ExactRatio())
     rejuvenation = (mcmc.rejuvenation(s.rejuvenation, s.rejuvenation_steps,
@@ -253,7 +253,7 @@ def run_method(method: str, keys, potential, params, config, sigma_data: float):
   def sample(params, key):
     u = potential(params)
     k_init, k_run = jax.random.split(key)
-    if method in SMC_WEIGHTS:
+    if method in SMC_METHODS:
       res = smc.smc_sample(k_run, u, sigmas, n, (2,), sigma_data=sigma_data, weights=scheme,
                            resampling=smc.Resampling(ess_threshold=s.ess_threshold),
                            rejuvenation=rejuvenation, final_resample=True)

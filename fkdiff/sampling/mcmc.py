@@ -201,14 +201,14 @@ def annealed_mcmc_sample(key: Array, potential: Callable[[Array, Array], Array],
   def level(carry, inp):
     x, h = carry
     k, sigma, sigma_next = inp
-    h = step_size_fn(sigma) if target_acceptance is None else h
     fn = lambda y: potential(y, sigma)
     states = jax.vmap(init, in_axes=(0, None))(x, fn)
     states, acc = run_chains(k, states, fn, kern, h, num_steps_per_level)
-    # The schedule's own change to the next level, times the acceptance correction.
-    h_next = h * step_size_fn(sigma_next) / step_size_fn(sigma)
-    if target_acceptance is not None:
-      h_next = h_next * jnp.exp(2.0 * (acc - target_acceptance))
+    if target_acceptance is None:
+      h_next = step_size_fn(sigma_next)
+    else:   # the schedule's own change to the next level, times the acceptance correction.
+      h_next = (h * step_size_fn(sigma_next) / step_size_fn(sigma)
+                * jnp.exp(2.0 * (acc - target_acceptance)))
     return (states.position, h_next), (acc, h)
 
   h0 = jnp.asarray(step_size_fn(sigmas[0]), jnp.float32)
