@@ -113,8 +113,8 @@ def main():
   judge = classifier_lib.load(os.path.join(args.workdir, "classifier"), arrays["train_x"])
   reference = digits.make_reference(judge, {"x": arrays["train_x"], "label": arrays["train_label"]},
                                     float(arrays["threshold"]))
-  energies = {name: digits.load_energy(os.path.join(args.workdir, "energies", name))
-              for name in digits.MODELS}
+  energies = digits.load_energies({name: os.path.join(args.workdir, "energies", name)
+                                   for name in digits.MODELS})
   params = {name: e.params for name, e in energies.items()}
   potentials = digits.potentials(energies)
   classes = tuple(int(c) for c in args.classes.split(","))

@@ -45,11 +45,11 @@ def load_teacher(path):
       blob = serialization.msgpack_restore(f.read())
     meta = json.loads(bytes(blob["meta"]).decode())
     return blob["params"], meta["mixture_kwargs"], meta["model"]
-  from fkdiff.training import checkpoint
-  config, tree, _ = checkpoint.load_run(path)
+  from fkdiff import runs
+  config = runs.read_run_config(path)
+  _, params, _ = runs.load_teacher(path)
   model = {k: config.model[k] for k in ("width", "depth", "emb_dim")}
-  return (jax.tree.map(np.asarray, tree["ema_params"]), config.data.mixture_kwargs.to_dict(),
-          model)
+  return jax.tree.map(np.asarray, params), config.data.mixture_kwargs.to_dict(), model
 
 
 def schedule(lr, steps, warmup=100, final=0.1):

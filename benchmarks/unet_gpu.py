@@ -38,7 +38,7 @@ import optax
 
 from fkdiff import losses, models
 
-SIGMA_DATA = 0.5               # image configs (configs/image_common.py).
+SIGMA_DATA = 0.5               # image configs (configs/common.py).
 NUM_CLASSES = 10
 LABEL_DROPOUT = 0.1
 EMA_DECAY = 0.9993
@@ -46,7 +46,7 @@ LEARNING_RATE = {"teacher": 1e-3, "distill": 1e-4}
 # configs/cifar10.py model settings (teacher and distill share them; distill adds remat).
 FULL = dict(width=128, depth=4, emb_dim=128, num_classes=NUM_CLASSES, channel_mult=(2, 2, 2),
             attn_resolutions=(16,), num_heads=1)
-# configs/image_common.py shrink_for_smoke (which also turns remat_blocks off).
+# configs/common.py shrink_for_smoke (which also turns remat_blocks off).
 SMOKE = dict(width=8, depth=1, emb_dim=16, num_classes=NUM_CLASSES, channel_mult=(1,),
              attn_resolutions=(), num_heads=1)
 MEASUREMENTS = ("teacher_nfe", "energy_nfe_remat", "energy_nfe", "teacher_step",

@@ -22,8 +22,8 @@ steps/s; measured on a shared machine); sampling: an SMC row costs more than ``p
 times a reverse-diffusion row of as many samples (the one-set job of 2026-11-25 sampled in 40 min;
 with 8 particles per run, estimated from the demo models' rows and not measured, 1.5–3 h for all
 rows: reduce ``num_samples`` or the ``methods`` for a quicker look); :smoke ≈ 2 min (quality
-meaningless). Measured figures: README, benchmarks/RESULTS.md ("Digits SMC, one sample per
-independent run", on the demo models).
+meaningless). Measured figures: docs/experiments.md, benchmarks/RESULTS.md ("Digits SMC, one
+sample per independent run", on the demo models).
 """
 
 from fkdiff.experiments.digits import job_config
@@ -31,8 +31,10 @@ from fkdiff.training.config import config_module
 
 
 def get_config(variant: str = ""):
-  if variant not in ("", "smoke", "demo"):
-    raise ValueError(f"Unknown variant {variant!r}; use '', 'smoke' or 'demo'.")
+  if variant not in ("", "smoke", "demo", "consistent"):
+    raise ValueError(f"Unknown variant {variant!r}; use '', 'smoke', 'demo' or 'consistent'.")
+  if variant == "consistent":
+    return _consistent()
   if variant == "demo":
     return _demo()
   smoke = variant == "smoke"
@@ -77,4 +79,17 @@ def _demo():
     stage.model.unet.remat_blocks = False
     stage.training.keep_checkpoints = 1
   c.sampler.num_samples = c.sampler.num_steps = 32
+  return c
+
+
+def _consistent():
+  """Plain vs time-consistent energies (METHOD.md §3b) under both SMC weight schemes at β = 1, on
+  the demo models' teachers: copy ``colabs/digits_demo`` to the workdir first (its teachers and
+  plain energies are reused; only ``energies_consistent/`` trains), then
+  ``python launch.py --config=configs/digits.py:consistent --workdir=runs/digits_demo_copy``."""
+  c = _demo()
+  c.energies = ("learned", "consistent")
+  c.tasks = ("low_temperature",)
+  c.low_temperature.betas = (1.0,)
+  c.low_temperature.methods = ("smc_score", "smc_ratio")
   return c

@@ -18,11 +18,9 @@ from fkdiff.training.config import config_module
 
 
 def get_config(variant: str = ""):
-  if variant not in ("", "smoke"):
-    raise ValueError(f"Unknown variant {variant!r}; use '' or 'smoke'.")
+  common = config_module("common.py", next_to=__file__)
+  _, smoke = common.parse_variant(variant, tasks=("",))
   config = config_module("digits_teacher.py", next_to=__file__).get_config(variant)
-  smoke = variant == "smoke"
-  common = config_module("image_common.py", next_to=__file__)
   config = common.as_distill(config, learning_rate=2e-4, num_steps=2 if smoke else 3000)
   config.optim.warmup_steps = 1 if smoke else 100
   return config

@@ -16,32 +16,17 @@ falls steadily and the samples in ``samples/`` look like digits.
 from fkdiff.training.config import config_module
 
 
-def _common():
-  return config_module("image_common.py", next_to=__file__)
-
-
 def get_config(variant: str = ""):
-  if variant not in ("", "smoke"):
-    raise ValueError(f"Unknown variant {variant!r}; use '' or 'smoke'.")
-  common = _common()
+  common = config_module("common.py", next_to=__file__)
+  _, smoke = common.parse_variant(variant, tasks=("",))
   config = common.base_config("digits")
   config.task = "teacher"
-  config.data.batch_size = 128
-  config.data.label_dropout = 0.1
-  config.model.width = 32
-  config.model.depth = 2
-  config.model.emb_dim = 64
-  config.model.num_classes = 10
-  config.model.unet.channel_mult = (1, 2)
-  config.model.unet.attn_resolutions = (4,)
-  config.optim.learning_rate = 1e-3
-  config.optim.warmup_steps = 200
-  config.optim.ema_decay = 0.999
-  config.training.num_steps = 10000
-  config.training.log_every = 100
-  config.training.checkpoint_every = 1000
-  config.training.sample_every = 2000
+  config.data.update(batch_size=128, label_dropout=0.1)
+  config.model.update(width=32, depth=2, emb_dim=64, num_classes=10)
+  config.model.unet.update(channel_mult=(1, 2), attn_resolutions=(4,))
+  config.optim.update(learning_rate=1e-3, warmup_steps=200, ema_decay=0.999)
+  config.training.update(num_steps=10000, log_every=100, checkpoint_every=1000, sample_every=2000)
   config.eval.num_samples = 256
-  if variant == "smoke":
+  if smoke:
     common.shrink_for_smoke(config)
   return config

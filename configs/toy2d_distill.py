@@ -22,11 +22,9 @@ def _teacher_config(variant):
 
 
 def get_config(variant: str = ""):
-  base, _, kind = variant.partition(",")
-  if base not in ("", "smoke", "scratch"):
-    raise ValueError(f"Unknown variant {variant!r}; use '', 'smoke', 'scratch' or 'scratch,smoke'.")
-  scratch = base == "scratch"
-  smoke = base == "smoke" or kind == "smoke"
+  task, smoke = config_module("common.py", next_to=__file__).parse_variant(
+      variant, tasks=("", "scratch"))
+  scratch = task == "scratch"
   config = _teacher_config("smoke" if smoke else "")   # same data and architecture.
   config.task = "energy_dsm" if scratch else "distill"
   config.training.num_steps = 60 if smoke else 2000

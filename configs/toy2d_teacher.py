@@ -11,33 +11,19 @@ mode-mass total variation below 0.05 (eval.json). ``:smoke`` finishes in seconds
 meaningful).
 """
 
-from fkdiff.training.config import default_config
+from fkdiff.training.config import config_module, default_config
 
 
 def get_config(variant: str = ""):
+  common = config_module("common.py", next_to=__file__)
+  _, smoke = common.parse_variant(variant, tasks=("",))
   config = default_config()
   config.task = "teacher"
-  config.data.name = "toy2d"
-  config.data.mixture = "ring"
-  config.data.batch_size = 512
-  config.model.width = 128
-  config.model.depth = 3
-  config.training.num_steps = 4000
-  config.training.log_every = 200
-  config.training.checkpoint_every = 1000
-  config.training.sample_every = 2000
-  if variant == "smoke":
-    config.training.num_steps = 60
-    config.training.log_every = 20
-    config.training.checkpoint_every = 30
-    config.training.sample_every = 0
-    config.training.quick_compile = True
-    config.optim.warmup_steps = 10
-    config.model.width = 32
-    config.model.depth = 1
-    config.data.batch_size = 128
-    config.eval.num_samples = 512
-    config.eval.sample_steps = 16
-  elif variant:
-    raise ValueError(f"Unknown variant {variant!r}; use '' or 'smoke'.")
+  config.data.update(name="toy2d", mixture="ring", batch_size=512)
+  config.model.update(width=128, depth=3)
+  config.training.update(num_steps=4000, log_every=200, checkpoint_every=1000, sample_every=2000)
+  if smoke:
+    config.model.update(width=32, depth=1)
+    common.smoke_schedule(config, num_steps=60, checkpoint_every=30, log_every=20, warmup_steps=10,
+                          batch_size=128, num_samples=512, sample_steps=16)
   return config

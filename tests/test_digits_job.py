@@ -1,7 +1,9 @@
-"""The digits job (configs/digits.py): end to end on :smoke, its pieces, and bad input."""
+"""The digits job (configs/digits.py): its pieces, bad input, and end to end on :smoke (slow: the
+job runs once in a module fixture, then one test per property)."""
 
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ from conftest import ROOT, run_python
 from helpers import write_random_fid_weights
 from fkdiff.data import images
 from fkdiff.evaluation import frechet
-from fkdiff.experiments import digits
+from fkdiff.experiments import digits, fid
 from fkdiff.training.config import config_module
 
 
@@ -138,21 +140,71 @@ def test_one_draw_per_independent_run_samples_the_target():
   np.testing.assert_array_equal(plain_diag["nfe_per_sample"], 31)
 
 
-@pytest.mark.slow
-def test_smoke_job_end_to_end_and_identities_on_the_learned_energy(tmp_path, capsys):
-  """Teachers → distilled energies → classifier → every task and method, then a relaunch that
-  reuses every stage; on the learned energy, AND(c, c) = guidance weight 2 and E_c + E_c = 2 E_c."""
+def test_potentials_are_their_closed_form_compositions():
+  """Every (task, method) potential on closed-form conditional energies
+  E(x|c, σ) = ½‖x − μ_c‖² / (1 + σ²), a distinct μ per label (∅ included) and per model, equals its
+  formula: β E(x|c); E(x|∅) + β (E(x|c) − E(x|∅)); E(x|c) + E'(x|heavy) − E'(x|∅). A swapped
+  label, model or weight changes the value (the labels are far apart here, unlike on a briefly
+  trained network)."""
+  def model(seed, num_classes):
+    mu = jax.random.normal(jax.random.key(seed), (num_classes + 1, 8, 8, 1))
+    fn = lambda p, x, s, label: 0.5 * jnp.sum((x - p[label])**2) / (1 + s**2)
+    return digits.ConditionalEnergy(fn, mu, num_classes)
+
+  cls, stroke = model(0, 10), model(1, 2)
+  params = {"class": cls.params, "stroke": stroke.params}
+  pots = digits.potentials({"class": cls, "stroke": stroke})
+  x = jax.random.normal(jax.random.key(2), (3, 8, 8, 1))
+  sigma = 0.5
+  e = lambda m, label: np.asarray(jax.vmap(lambda a: m.fn(m.params, a, sigma, label))(x))
+  value = lambda key, cond: np.asarray(jax.vmap(lambda a: pots[key](params, cond)(a, sigma))(x))
+  methods = {"low_temperature": digits.LOW_TEMPERATURE_METHODS, "and": digits.AND_METHODS}
+  assert set(pots) == {(task, m) for task, ms in methods.items() for m in ms}
+  for beta in (1.0, 2.0, 3.5):
+    for method in digits.LOW_TEMPERATURE_METHODS:
+      want = (e(cls, cls.null) + beta * (e(cls, 3) - e(cls, cls.null)) if method == "cfg" else
+              beta * e(cls, 3))
+      np.testing.assert_allclose(value(("low_temperature", method), (3, beta)), want, rtol=1e-5,
+                                 err_msg=f"{method} at β = {beta}")
+  want = e(cls, 3) + e(stroke, digits.HEAVY) - e(stroke, stroke.null)
+  for method in digits.AND_METHODS:
+    np.testing.assert_allclose(value(("and", method), (3, 1.0)), want, rtol=1e-5, err_msg=method)
+  # The labels matter: a wrong one would be seen (relative gaps ≥ 1,000× the tolerance).
+  assert np.min(np.abs(e(cls, 3) - e(cls, cls.null)) / e(cls, 3)) > 1e-2
+  assert np.min(np.abs(e(stroke, digits.HEAVY) - e(stroke, stroke.null))
+                / e(stroke, digits.HEAVY)) > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------
+# The smoke job end to end: run once (module fixture), then one test per property.
+
+def _smoke_config(data_dir):
+  """configs/digits.py:smoke with every potential, both SMC weight schemes and the
+  reverse-diffusion sampler in three compilations: 'naive' shares cfg's sampler, and the tempered
+  and AND potentials serve every method of their task."""
   config = _config("smoke")
-  config.data_dir = str(tmp_path / "tfds")
-  # Every potential, both SMC weight schemes and the reverse-diffusion sampler in three
-  # compilations: 'naive' shares cfg's sampler, and the tempered and AND potentials serve every
-  # method of their task.
+  config.data_dir = str(data_dir)
   config.low_temperature.methods = ("smc_score", "cfg")
   config.conjunction.methods = ("smc_ratio",)
-  results = digits.run(config, str(tmp_path / "run"))
-  run = tmp_path / "run"
+  return config
+
+
+@pytest.fixture(scope="module")
+def smoke_job(tmp_path_factory):
+  """Teachers → distilled energies → classifier → every task and method, once; returns the
+  config, run directory, returned results and the ``results.json`` written then."""
+  tmp = tmp_path_factory.mktemp("digits_job")
+  config = _smoke_config(tmp / "tfds")
+  run = tmp / "run"
+  results = digits.run(config, str(run))
   saved = json.loads((run / "results.json").read_text())
-  assert saved == results
+  return types.SimpleNamespace(config=config, run=run, results=results, saved=saved)
+
+
+@pytest.mark.slow
+def test_smoke_job_writes_every_task_and_method(smoke_job):
+  results, run, config = smoke_job.results, smoke_job.run, smoke_job.config
+  assert smoke_job.saved == results
   assert results["classifier_test_accuracy"] > 0.8     # 100 steps already classify digits.
   for beta in config.low_temperature.betas:
     for method in config.low_temperature.methods:
@@ -162,54 +214,92 @@ def test_smoke_job_end_to_end_and_identities_on_the_learned_energy(tmp_path, cap
   for method in config.conjunction.methods:
     row = results["and"]["heavy"][method]
     assert 0 <= row["both"] <= min(row["adherence"], row["heavy"]), row
-  # NFE per sample: one draw per run of N particles, K levels, one network call per label.
-  s = config.sampler
-  smc_row = results["low_temperature"]["beta1"]["smc_score"]
-  assert smc_row["nfe_per_sample"] == s.particles_per_run * 1 * s.num_steps
-  assert results["and"]["heavy"]["smc_ratio"]["nfe_per_sample"] == (
-      s.particles_per_run * 3 * s.num_steps)
-  assert results["low_temperature"]["beta3"]["cfg"]["nfe_per_sample"] == 2 * (s.num_steps - 1)
-  for row in (smc_row, results["and"]["heavy"]["smc_ratio"]):
-    assert 0 < row["ess_min_fraction"] <= 1 and 0 < row["set_unique"] <= 1, row
-    assert row["unique"] > 0.9, row        # independent runs: no duplicated samples
   assert (run / "teachers" / "class" / "checkpoints").is_dir()
   assert (run / "results.txt").read_text().startswith("classifier test accuracy")
 
-  energy = digits.load_energy(str(run / "energies" / "class"))
-  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
-  e = lambda label: jax.vmap(lambda a: energy.fn(energy.params, a, 0.5, label))(x)
-  pot = digits.potentials({"class": energy, "stroke": energy})
-  guided = jax.vmap(lambda a: pot["low_temperature", "cfg"](
-      {"class": energy.params, "stroke": energy.params}, (3, 2.0))(a, 0.5))(x)
-  np.testing.assert_allclose(guided, e(energy.null) + 2 * (e(3) - e(energy.null)), rtol=1e-5,
-                             atol=1e-4)
-  tempered = jax.vmap(lambda a: pot["low_temperature", "smc_score"](
-      {"class": energy.params}, (3, 2.0))(a, 0.5))(x)
-  np.testing.assert_allclose(tempered, e(3) + e(3), rtol=1e-5, atol=1e-4)
-  both = jax.vmap(lambda a: pot["and", "smc_ratio"](
-      {"class": energy.params, "stroke": energy.params}, (3, 1.0))(a, 0.5))(x)
-  np.testing.assert_allclose(both, e(3) + e(digits.HEAVY) - e(energy.null), rtol=1e-5, atol=1e-4)
-  # (After two smoke steps the label barely moves the energy: the same identities with labels
-  # that matter are checked on a random conditional U-Net in tests/test_images.py.)
 
-  capsys.readouterr()
+@pytest.mark.slow
+def test_smoke_job_counts_network_calls_and_draws_from_independent_runs(smoke_job):
+  """NFE per sample: one draw per run of N particles, K levels, one network call per label."""
+  results, s = smoke_job.results, smoke_job.config.sampler
+  smc_row = results["low_temperature"]["beta1"]["smc_score"]
+  and_row = results["and"]["heavy"]["smc_ratio"]
+  assert smc_row["nfe_per_sample"] == s.particles_per_run * 1 * s.num_steps
+  assert and_row["nfe_per_sample"] == s.particles_per_run * 3 * s.num_steps
+  assert results["low_temperature"]["beta3"]["cfg"]["nfe_per_sample"] == 2 * (s.num_steps - 1)
+  for row in (smc_row, and_row):
+    assert 0 < row["ess_min_fraction"] <= 1 and 0 < row["set_unique"] <= 1, row
+    assert row["unique"] > 0.9, row        # independent runs: no duplicated samples
+
+
+@pytest.mark.slow
+def test_smoke_job_relaunch_reuses_every_stage(smoke_job, capsys):
+  config = _smoke_config(smoke_job.config.data_dir)
   config.tasks = ()
-  digits.run(config, str(run))
+  capsys.readouterr()
+  digits.run(config, str(smoke_job.run))
   out = capsys.readouterr().out
   assert out.count("reusing its checkpoint") == 4 and "training" not in out
 
-  # Exported models carry no path of the run and load after the run is gone.
-  digits.export_models(str(run), str(tmp_path / "exported"))
-  os.rename(run, tmp_path / "moved")
-  exported = tmp_path / "exported" / "energies" / "class"
-  assert str(run) not in (exported / "config.json").read_text()
-  assert json.loads((exported / "config.json").read_text())["teacher"]["workdir"] == os.path.join(
-      "..", "..", "teachers", "class")
-  again = digits.load_energy(str(exported))
-  np.testing.assert_array_equal(jax.vmap(lambda a: again.fn(again.params, a, 0.5, 3))(x), e(3))
-  os.rename(tmp_path / "moved", run)
 
-  _fid_job_on_the_distilled_energy(str(run / "energies" / "class"), tmp_path, capsys)
+@pytest.mark.slow
+def test_smoke_job_models_export_and_load_without_the_run(smoke_job, tmp_path):
+  """Exported models carry no path of the run and load (same energies) after the run is gone."""
+  run = smoke_job.run
+  energy = digits.load_energies({"class": str(run / "energies" / "class")})["class"]
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
+  e = lambda m: np.asarray(jax.vmap(lambda a: m.fn(m.params, a, 0.5, 3))(x))
+  digits.export_models(str(run), str(tmp_path / "exported"))
+  exported = tmp_path / "exported" / "energies" / "class"
+  config_text = (exported / "config.json").read_text()
+  assert str(run) not in config_text
+  assert json.loads(config_text)["teacher"]["workdir"] == os.path.join("..", "..", "teachers",
+                                                                       "class")
+  moved = run.parent / "moved"
+  os.rename(run, moved)
+  try:
+    again = digits.load_energies({"class": str(exported)})["class"]
+    np.testing.assert_array_equal(e(again), e(energy))
+  finally:
+    os.rename(moved, run)
+
+
+@pytest.mark.slow
+def test_fid_job_on_the_distilled_energy(smoke_job, tmp_path, capsys):
+  """The ``:fid,smoke`` job (random Inception weights in the real file's format) on a distilled
+  energy with classifier-free guidance; a relaunch reuses the reference statistics and features;
+  bad input is named."""
+  config = _load_config("cifar10.py", "fid,smoke")
+  config.run_workdir = str(smoke_job.run / "energies" / "class")
+  config.inception_weights = write_random_fid_weights(str(tmp_path / "fid_weights.npz"))
+  config.sampler.guidance = 2.0
+  out = str(tmp_path / "fid")
+  results = fid.run(config, out)
+  assert results["num_samples"] == 8 and results["reference_images"] == 8
+  assert results["run_task"] == "distill" and results["nfe_per_sample"] == 2 * (2 * 2 - 1)
+  assert np.isfinite(results["fid"]) and results["fid"] > 0
+  assert {"results.json", "reference_stats.npz", "sample_stats.npz", "samples.png"} <= set(
+      os.listdir(out))
+  with open(os.path.join(out, "results.json")) as f:
+    assert json.load(f)["fid"] == results["fid"]
+  capsys.readouterr()
+  again = fid.run(config, out)                      # nothing left to sample: same FID.
+  printed = capsys.readouterr().out
+  assert "reusing" in printed and "Resuming FID sampling at batch 2/2" in printed
+  assert again["fid"] == results["fid"]
+
+  weights = config.inception_weights
+  config.inception_weights = str(tmp_path / "none.npz")
+  with pytest.raises(FileNotFoundError, match="Inception weights"):
+    fid.run(config, out)
+  config.inception_weights = weights
+  config.sampler.name = "ddim"
+  with pytest.raises(ValueError, match="Unknown sampler.name 'ddim'"):
+    fid.run(config, out)
+  config.sampler.name = "heun"
+  config.unknown = 1
+  with pytest.raises(ValueError, match="Unknown config key"):
+    fid.run(config, out)
 
 
 def test_the_shipped_demo_models_are_the_demo_config_and_load():
@@ -222,47 +312,11 @@ def test_the_shipped_demo_models_are_the_demo_config_and_load():
     for key in ("model", "energy", "diffusion", "optim", "data"):
       assert shipped[section][key] == json.loads(want[section].to_json())[key], (section, key)
     assert shipped[section]["training"]["num_steps"] == want[section].training.num_steps
-  for name in digits.MODELS:
-    energy = digits.load_energy(os.path.join(demo, "energies", name))
+  energies = digits.load_energies({name: os.path.join(demo, "energies", name)
+                                   for name in digits.MODELS})
+  for energy in energies.values():
     y = jax.random.normal(jax.random.key(0), (8, 8, 1))
     value, score = jax.value_and_grad(energy.fn, argnums=1)(energy.params, y, 0.5, 0)
     assert np.isfinite(float(value)) and np.all(np.isfinite(score))
   judge = digits.classifier_lib.load(os.path.join(demo, "classifier"), np.zeros((1, 8, 8, 1)))
   assert judge.test_accuracy > 0.9
-
-
-def _fid_job_on_the_distilled_energy(energy_dir, tmp_path, capsys):
-  """The ``:fid,smoke`` job (random Inception weights in the real file's format) on a distilled
-  energy with classifier-free guidance; a relaunch reuses the reference statistics and features."""
-  from fkdiff import jobs
-  config = _load_config("cifar10.py", "fid,smoke")
-  config.run_workdir = energy_dir
-  config.inception_weights = write_random_fid_weights(str(tmp_path / "fid_weights.npz"))
-  config.sampler.guidance = 2.0
-  out = str(tmp_path / "fid")
-  results = jobs.run(config, out)
-  assert results["num_samples"] == 8 and results["reference_images"] == 8
-  assert results["run_task"] == "distill" and results["nfe_per_sample"] == 2 * (2 * 2 - 1)
-  assert np.isfinite(results["fid"]) and results["fid"] > 0
-  assert {"results.json", "reference_stats.npz", "sample_stats.npz", "samples.png"} <= set(
-      os.listdir(out))
-  with open(os.path.join(out, "results.json")) as f:
-    assert json.load(f)["fid"] == results["fid"]
-  capsys.readouterr()
-  again = jobs.run(config, out)                      # nothing left to sample: same FID.
-  printed = capsys.readouterr().out
-  assert "reusing" in printed and "Resuming FID sampling at batch 2/2" in printed
-  assert again["fid"] == results["fid"]
-
-  weights = config.inception_weights
-  config.inception_weights = str(tmp_path / "none.npz")
-  with pytest.raises(FileNotFoundError, match="Inception weights"):
-    jobs.run(config, out)
-  config.inception_weights = weights
-  config.sampler.name = "ddim"
-  with pytest.raises(ValueError, match="Unknown sampler.name 'ddim'"):
-    jobs.run(config, out)
-  config.sampler.name = "heun"
-  config.unknown = 1
-  with pytest.raises(ValueError, match="Unknown config key"):
-    jobs.run(config, out)

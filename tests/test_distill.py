@@ -276,7 +276,8 @@ def test_dropout_is_compute_only_for_distillation(tmp_path):
   import os
   from conftest import ROOT
   from fkdiff import models
-  from fkdiff.data.pipeline import DataSource
+  from fkdiff import runs as runs_lib
+  from fkdiff.data.source import DataSource
   from fkdiff.training import tasks
   from fkdiff.training.config import config_module
   get_config = config_module(os.path.join(ROOT, "configs", "cifar10.py")).get_config
@@ -290,9 +291,9 @@ def test_dropout_is_compute_only_for_distillation(tmp_path):
                                          jnp.zeros(())))
   runs = {"dropout": _teacher_run(tmp_path / "t_dropout", teacher, t_params),
           "old": _teacher_run(tmp_path / "t_old", teacher, t_params, ["model.unet.dropout"])}
-  old_config = tasks.load_teacher(_student(get_config, runs["old"], 0.0))[0]
-  assert "dropout" not in old_config.model.unet and tasks.dropout_rate(old_config.model) == 0.0
-  tasks.run_denoiser(old_config)      # a pre-dropout run still gives its sampling denoiser.
+  tasks.frozen_teacher(_student(get_config, runs["old"], 0.0))   # a pre-dropout teacher loads,
+  old = runs_lib.load(runs["old"])                               # with its sampling denoiser.
+  assert "dropout" not in old.config.model.unet and tasks.dropout_rate(old.config.model) == 0.0
 
   data = DataSource(sample=None, event_shape=(8, 8, 3), sigma_data=0.5)
   students = {name: tasks.distill_task(_student(get_config, runs[teacher_run], rate), data)
@@ -312,4 +313,4 @@ def test_dropout_is_compute_only_for_distillation(tmp_path):
   assert abs(float(losses["student_dropout"]) - float(losses["t_dropout"])) > \
       1e-4 * float(losses["t_dropout"]), losses
   with pytest.raises(ValueError, match="model.width: teacher 8, student 16"):   # still checked.
-    tasks.load_teacher(_student(get_config, runs["dropout"], 0.0, width=16))
+    tasks.frozen_teacher(_student(get_config, runs["dropout"], 0.0, width=16))

@@ -68,6 +68,7 @@ def test_weight_file_round_trip_and_bad_files(weights_file, tmp_path):
     inception.variables_from_state_dict(state)
 
 
+@pytest.mark.slow   # Inception on 299×299 inputs
 def test_features_follow_the_protocol(features):
   rng = np.random.default_rng(0)
   gray = rng.uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)

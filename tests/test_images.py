@@ -242,6 +242,7 @@ def test_image_teacher_configs_train_one_step(filename, data, tmp_path):
     assert "label" not in batch
 
 
+@pytest.mark.slow   # training steps of an image config
 def test_cifar10_teacher_takes_finite_steps_with_dropout():
   """The CIFAR-10 teacher with EDM's dropout 0.13 (smoke sizes, mock data): two production
   training steps (the 2nd moves the zero-initialised convs that dropout feeds) are finite."""
@@ -266,7 +267,7 @@ def test_dropout_acts_in_the_training_loss_only(task_name):
   """At the same random parameters, batch and key, the loss of a task with dropout 0.13 differs
   from the same task's at rate 0; its ``denoise_fn`` and ``energy_fn`` (sampling, evaluation) are
   bit-identical to rate 0's."""
-  from fkdiff.data.pipeline import DataSource
+  from fkdiff.data.source import DataSource
   from fkdiff.training.tasks import build_task
   config = _config("cifar10.py", "teacher,smoke")
   config.task = task_name
@@ -337,6 +338,7 @@ def test_conditional_energy_with_null_label_is_the_unconditional_energy(conditio
   assert not np.allclose(run(params, x, sigma, jnp.full(4, 3)), uncond)
 
 
+@pytest.mark.slow   # SMC runs on a U-Net energy
 def test_product_and_guidance_identities_on_energies_and_smc_weights(conditional_energy):
   """``E_c + E_c = 2 E_c`` (product = tempering by 2) and AND(c, c) = guidance weight 2, on
   potential values and on a whole SMC run (same key: same particles and weights). The run uses

@@ -55,6 +55,7 @@ def test_heun_exact_denoiser(mixture):
   _check_against_mixture(x, mixture)
 
 
+@pytest.mark.slow   # statistical
 def test_euler_maruyama_exact_score(mixture):
   sigma_d = gmm.data_std(mixture)
   x0 = reverse.prior_sample(jax.random.key(2), N, (2,), SIGMA_MAX, sigma_d)

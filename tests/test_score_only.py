@@ -171,6 +171,7 @@ def case_product_10d():
               energies=[gmm.diagonal_energy(*s) for s in (sa, sb)], specs=(sa, sb))
 
 
+@pytest.mark.slow   # statistical
 def test_product_of_two_10d_anisotropic_mixtures():
   case = case_product_10d()
   # The O(K d) energy is the exact one (gmm.energy, Cholesky form) of the diagonal mixtures.
@@ -223,6 +224,7 @@ def test_tempered_2d_mixture_beta3():
   assert_converging(tempered_errors("unit"), allowance=[1.0, 1.0, 1.0, 7.5], shrinking={3: -1})
 
 
+@pytest.mark.slow   # statistical
 def test_tempered_2d_mixture_matched_noise():
   """``noise='matched'`` (a = 1/β, exact Laplacian): same target, kernels of variance Δ/β."""
   errors = tempered_errors("matched")
@@ -285,6 +287,7 @@ def case_box_tilt():
   return dict(target=target, event_shape=(1,), observables=observables, exact=exact)
 
 
+@pytest.mark.slow   # statistical
 def test_hard_box_and_reward_tilt_telescoping_terms():
   # The drift is ∇E alone and w = 1, so ρ ≡ 0: the weights are *only* the start weight and the
   # terms' telescoping increments −T_{k+1}(x') + T_k(x) (tilt at every level, box at the last).

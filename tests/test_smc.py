@@ -105,6 +105,7 @@ def test_product_of_gaussians_variance_and_naive_bias():
 
 
 # ---------------------------------------------------------------- product of two 2-D mixtures
+@pytest.mark.slow   # statistical
 def test_product_of_2d_mixtures_mode_masses():
   a = gmm.make_mixture([0.6, 0.4], [[-1.0, 0.0], [1.0, 0.0]], [0.5, 0.5])
   b = gmm.make_mixture([0.7, 0.3], [[0.5, -1.0], [-0.5, 1.0]], [0.4, 0.4])
@@ -150,6 +151,7 @@ def _grid_mass_positive(mix, sigma, beta):
   return p[x > 0].sum() / p.sum()
 
 
+@pytest.mark.slow   # statistical
 def test_tempered_mixture_mass():
   mix, beta = _mixture_1d(), 3.0
   exact = _grid_mass_positive(mix, SIGMA_MIN, beta)
@@ -183,6 +185,7 @@ def test_log_z_unbiased_product():
 
 
 # ---------------------------------------------------------------- bounds
+@pytest.mark.slow   # statistical
 def test_hard_box_samples_inside_and_truncated_mean():
   lo, hi = -0.5, 1.5
   sigmas = karras_sigmas(48, SIGMA_MIN, SIGMA_MAX)
@@ -212,6 +215,7 @@ def test_soft_box_mass_mostly_inside():
 
 
 # ---------------------------------------------------------------- high dimension
+@pytest.mark.slow   # statistical
 def test_tempered_mixture_in_64_dimensions_matched_scale():
   # p = 0.7 N(m, 0.25 I) + 0.3 N(−m, 0.25 I) in d = 64, |m| = 2.8, tempered by β = 4: exactly
   # p^β ∝ 0.7^β N(m, 0.0625 I) + 0.3^β N(−m, 0.0625 I) (modes this far apart: overlap < 1e-30),

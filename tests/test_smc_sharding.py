@@ -12,6 +12,7 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import fake_devices_flags
 
@@ -53,6 +54,7 @@ PROBLEM = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # two subprocess SMC runs
 def test_two_devices_match_one_device(tmp_path):
   (tmp_path / "tests_smc_problem.py").write_text(PROBLEM)
   script = tmp_path / "run2.py"

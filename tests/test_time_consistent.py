@@ -147,6 +147,7 @@ def test_diagnostics_vanish_on_exact_energies_and_see_a_level_error():
   np.testing.assert_allclose(float(jnp.mean(hutch)), float(exact_r), atol=0.05)
 
 
+@pytest.mark.slow   # a training run
 def test_short_training_reduces_the_residual_spread_between_modes():
   """Distilling the exact `unequal` score into a small fresh energy: with the time term
   (teacher target) the heat residual's spread between modes at small σ is far below plain."""
@@ -175,6 +176,7 @@ def test_short_training_reduces_the_residual_spread_between_modes():
     assert float(b[key]) < 0.3 * float(a[key]), (a, b)
 
 
+@pytest.mark.slow   # a whole training run, then its resume
 def test_production_run_with_the_time_term_writes_diagnostics_and_resumes(tmp_path):
   """``distill.time_weight > 0`` through ``train_and_evaluate``: the gauge's parameters sit
   beside the energy's in the checkpoint, a run resumes, and the evaluation reports the heat

@@ -19,17 +19,21 @@ def test_smoke_pipeline_writes_every_entry_and_reuses_stages(tmp_path, capsys):
   config = _config("smoke")
   results = toy2d.run(config, str(tmp_path))
   saved = json.loads((tmp_path / "results.json").read_text())
+  assert config.energies == toy2d.SOURCES      # plain, time-consistent and exact energies.
   for task in toy2d.TASKS:
-    for method in toy2d.METHODS:
-      for source in toy2d.SOURCES:
+    for source in toy2d.SOURCES:
+      methods = config.consistent.methods if source == "consistent" else toy2d.METHODS
+      for method in methods:
         row = saved[task][f"{method}/{source}"]
         assert {"mode_mass_tv", "nll", "sliced_wasserstein", "energy_distance"} <= set(row)
+      assert all(f"{m}/{source}" not in saved[task] for m in toy2d.METHODS if m not in methods)
     assert saved[task]["smc_ratio/exact"]["log_Z_exact"] == pytest.approx(
         saved[task]["exact_log_Z"])
     # Two seeds: a mean and a spread for every metric; the learned model's own floor.
     row = saved[task]["smc_score/learned"]
     assert row["mode_mass_tv_std"] >= 0 and 0 <= row["mode_mass_tv"] <= 1
     assert 0 <= saved[task]["floor/learned"]["mode_mass_tv"] <= 1
+    assert 0 <= saved[task]["floor/consistent"]["mode_mass_tv"] <= 1
     assert saved[task]["smc_score/exact"]["log_Z"] != saved[task]["smc_score/exact"]["log_Z"]
   # The same values (compared as JSON text: score-only SMC's log Ẑ is NaN, and NaN != NaN).
   assert json.dumps(results, sort_keys=True) == json.dumps(saved, sort_keys=True)
@@ -45,6 +49,7 @@ def test_smoke_pipeline_writes_every_entry_and_reuses_stages(tmp_path, capsys):
   assert "training in" not in out
 
 
+@pytest.mark.slow   # the whole job on exact energies
 def test_smc_beats_the_naive_sampler_with_exact_energies(tmp_path):
   """On a configuration unlike the default one: other mixtures, β, seed and particle count."""
   config = _config()

@@ -1,4 +1,4 @@
-"""Image datasets through tensorflow-datasets, as :class:`~fkdiff.data.pipeline.DataSource`s.
+"""Image datasets through tensorflow-datasets, as :class:`~fkdiff.data.source.DataSource`s.
 
 Every image source loads its split once into host memory as ``uint8`` (this process's share only:
 ``tfds.even_splits`` over ``jax.process_count()``) and serves batches with
@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from fkdiff.data.source import DataSource
 
 Array = jax.Array
 IMAGE_SIGMA_DATA = 0.5
@@ -304,9 +306,8 @@ def _no_sample(name: str):
   return sample
 
 
-def image_source(data: ml_collections.ConfigDict):
-  """The :class:`~fkdiff.data.pipeline.DataSource` of image dataset ``data.name``."""
-  from fkdiff.data.pipeline import DataSource
+def image_source(data: ml_collections.ConfigDict) -> DataSource:
+  """The :class:`~fkdiff.data.source.DataSource` of image dataset ``data.name``."""
   arrays = load_arrays(data, "train")
   sigma_data = data.sigma_data if data.sigma_data > 0 else IMAGE_SIGMA_DATA
   small = arrays["image"].nbytes <= 16 * 2**20
@@ -314,21 +315,3 @@ def image_source(data: ml_collections.ConfigDict):
   return DataSource(sample, tuple(arrays["image"].shape[1:]), float(sigma_data), None,
                     host_batch=host_batch_fn(arrays, data.random_flip))
 
-
-# ----------------------------------------------------------------------------------------------
-# Output.
-
-def save_image_grid(samples, path: str, columns: Optional[int] = None) -> None:
-  """Writes ``samples (N, H, W, C)`` in ``[-1, 1]`` as one PNG grid (1-pixel gaps)."""
-  from PIL import Image
-  images = to_uint8(samples)
-  n, h, w, c = images.shape
-  cols = columns or int(np.ceil(np.sqrt(n)))
-  rows = int(np.ceil(n / cols))
-  grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
-  for i in range(n):
-    r, q = divmod(i, cols)
-    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[i]
-  scale = max(1, 256 // max(grid.shape[:2]))
-  grid = np.repeat(np.repeat(grid, scale, 0), scale, 1)
-  Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)

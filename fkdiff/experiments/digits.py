@@ -41,7 +41,6 @@ systematic resampling of a run's final set), ``resamplings`` (resampling events 
 scalars.
 """
 
-import functools
 import json
 import os
 from typing import Callable, Dict, NamedTuple
@@ -51,11 +50,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fkdiff import models
+from fkdiff import runs
 from fkdiff.data import images
 from fkdiff.diffusion import edm
 from fkdiff.evaluation import classifier as classifier_lib
-from fkdiff.evaluation import frechet
+from fkdiff.evaluation import frechet, plots
 from fkdiff.experiments import common
 from fkdiff.sampling import mcmc, resampling, reverse, smc, targets
 from fkdiff.sampling.baselines import naive_reverse_sample
@@ -65,6 +64,7 @@ from fkdiff.training.config import default_config, validate_config
 
 TASKS = ("low_temperature", "and")
 SMC_METHODS = ("smc_score", "smc_ratio")    # score-only / exact-ratio weights
+SOURCES = ("learned", "consistent")         # plain / time-consistent distilled energies
 LOW_TEMPERATURE_METHODS = SMC_METHODS + ("naive", "cfg")
 AND_METHODS = SMC_METHODS + ("naive",)
 SMC_MODES = ("runs", "set")
@@ -82,6 +82,16 @@ def job_config() -> ml_collections.ConfigDict:
   c.tasks = TASKS
   c.teacher = default_config()    # training settings shared by both teachers ...
   c.distill = default_config()    # ... and by both distillations.
+  # Energy sources: 'learned' (c.distill, energies/<model>) and 'consistent': time-consistent
+  # distillation (METHOD.md §3b) with c.distill's settings and these overrides, from the same
+  # teachers (energies_consistent/<model>); its rows are '<method>/consistent'.
+  c.energies = ("learned",)
+  c.consistent = ml_collections.ConfigDict()
+  c.consistent.time_weight = 0.3
+  c.consistent.time_target = "teacher"
+  c.consistent.time_probes = 1    # Hutchinson probes of the teacher's divergence (d = 64).
+  c.consistent.num_steps = 800
+  c.consistent.methods = SMC_METHODS   # the methods run on it (the others ignore levels).
   c.low_temperature = ml_collections.ConfigDict()
   c.low_temperature.classes = tuple(range(10))
   c.low_temperature.betas = (1.0, 2.0, 4.0)
@@ -119,14 +129,18 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
     if key not in reference:
       raise ValueError(f"Unknown config key '{key}' for the digits job; valid: "
                        f"{sorted(reference)}.")
-  for section in ("low_temperature", "conjunction", "sampler", "classifier", "eval"):
+  for section in ("low_temperature", "conjunction", "consistent", "sampler", "classifier",
+                  "eval"):
     for key in config[section].keys():
       if key not in reference[section]:
         raise ValueError(f"Unknown config key '{section}.{key}'; valid: "
                          f"{sorted(reference[section])}.")
   validate_config(config.teacher)
   validate_config(config.distill)
+  validate_config(_consistent_distill(config))
   for kind, names, valid in (("task", config.tasks, TASKS),
+                             ("energy source", config.energies, SOURCES),
+                             ("consistent method", config.consistent.methods, SMC_METHODS),
                              ("low_temperature method", config.low_temperature.methods,
                               LOW_TEMPERATURE_METHODS),
                              ("conjunction method", config.conjunction.methods, AND_METHODS),
@@ -192,17 +206,32 @@ def stage_config(base: ml_collections.ConfigDict, task: str, model: str, data_di
   return c
 
 
-def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, str]:
-  """Runs (or reuses) both teachers and distillations; returns ``{model: energy workdir}``."""
-  out = {}
+def _consistent_distill(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config.distill`` with the ``consistent`` source's overrides (the time-score term)."""
+  c = ml_collections.ConfigDict(config.distill.to_dict())
+  tc = config.consistent
+  c.distill.time_weight, c.distill.time_target = tc.time_weight, tc.time_target
+  c.distill.time_probes, c.training.num_steps = tc.time_probes, tc.num_steps
+  return c
+
+
+def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Dict[str, str]]:
+  """Runs (or reuses) both teachers and the distillations of every source in ``config.energies``;
+  returns ``{source: {model: energy workdir}}`` (``energies/`` for ``learned``,
+  ``energies_consistent/`` for ``consistent``)."""
+  stages = {"learned": ("energies", config.distill),
+            "consistent": ("energies_consistent", _consistent_distill(config))}
+  out = {source: {} for source in config.energies}
   for name in MODELS:
     t_dir = os.path.join(workdir, "teachers", name)
-    e_dir = os.path.join(workdir, "energies", name)
     common.run_stage(f"teacher/{name}",
                      stage_config(config.teacher, "teacher", name, config.data_dir), t_dir)
-    common.run_stage(f"energy/{name}", stage_config(config.distill, "distill", name,
-                                                    config.data_dir, t_dir), e_dir)
-    out[name] = e_dir
+    for source in config.energies:
+      folder, distill = stages[source]
+      e_dir = os.path.join(workdir, folder, name)
+      common.run_stage(f"{folder}/{name}", stage_config(distill, "distill", name,
+                                                        config.data_dir, t_dir), e_dir)
+      out[source][name] = e_dir
   return out
 
 
@@ -213,28 +242,15 @@ class ConditionalEnergy(NamedTuple):
   null: int
 
 
-def _layout_teacher(e_dir: str) -> str:
-  """``<workdir>/teachers/<name>`` for the energy ``<workdir>/energies/<name>``."""
-  e_dir = os.path.abspath(e_dir)
-  return os.path.join(os.path.dirname(os.path.dirname(e_dir)), "teachers", os.path.basename(e_dir))
-
-
-def load_energy(e_dir: str) -> ConditionalEnergy:
-  """The distilled conditional energy of a stage workdir.
-
-  Its teacher (for σ_d) is the one of the job's layout (:func:`train_models`) when present, so a
-  workdir can be moved or copied (:func:`export_models`); else the path the run recorded.
-  """
-  from fkdiff.training.tasks import load_teacher
-  config, tree, _ = checkpoint.load_run(e_dir)
-  teacher_dir = _layout_teacher(e_dir)
-  if os.path.isdir(teacher_dir):
-    config.teacher.workdir = teacher_dir
-  *_, sigma_data = load_teacher(config)
-  model = models.EnergyModel(models.get_backbone(config.model), sigma_data,
-                             config.energy.parameterization)
-  return ConditionalEnergy(functools.partial(models.energy.energy, model), tree["ema_params"],
-                           config.model.num_classes)
+def load_energies(energy_dirs: Dict[str, str]) -> Dict[str, ConditionalEnergy]:
+  """``{model: ConditionalEnergy}`` of the distilled energies in ``energy_dirs``
+  (``{model: workdir}``, model names of :data:`MODELS`), each from :func:`fkdiff.runs.load_energy`
+  (EMA parameters) with its null label ∅ (the model's number of classes)."""
+  out = {}
+  for name, e_dir in energy_dirs.items():
+    fn, params, _ = runs.load_energy(e_dir)
+    out[name] = ConditionalEnergy(fn, params, MODELS[name][1])
+  return out
 
 
 def export_models(workdir: str, dest: str) -> None:
@@ -247,7 +263,7 @@ def export_models(workdir: str, dest: str) -> None:
     config, step = checkpoint.read_config(src), checkpoint.latest_step(src)
     if config is None or step is None:
       raise checkpoint.CheckpointError(f"{src} holds no finished stage; run the job first.")
-    if stage.startswith("energies"):   # found by the layout (load_energy), not by this path
+    if stage.startswith("energies"):   # relative to the energy's workdir (fkdiff.runs).
       config.teacher.workdir = os.path.join("..", "..", "teachers", os.path.basename(stage))
     shutil.copytree(os.path.join(checkpoint.checkpoint_dir(src), str(step)),
                     os.path.join(checkpoint.checkpoint_dir(out), str(step)))
@@ -480,12 +496,13 @@ def evaluate(sampler: Callable, params, key, task: str, beta: float, classes,
   return samples, metrics, diag
 
 
-def run_tasks(config, workdir: str, energies: Dict[str, ConditionalEnergy], judge, train) -> dict:
-  """Stage 4: every task × β × method; returns the nested results dict and writes grids."""
+def run_tasks(config, workdir: str, sources: Dict[str, Dict[str, ConditionalEnergy]], judge,
+              train) -> dict:
+  """Stage 4: every task × β × method × energy source (``sources``: ``{source: energies}``);
+  returns the nested results dict (method keys ``<method>`` for ``learned``,
+  ``<method>/<source>`` otherwise) and writes grids."""
   threshold = images.heavy_stroke_threshold(config.data_dir or None)
   reference = make_reference(judge, train, threshold)
-  params = {name: e.params for name, e in energies.items()}
-  pots = potentials(energies)
   event_shape = tuple(train["x"].shape[1:])
   key = jax.random.key(config.seed)
   results = {"classifier_test_accuracy": judge.test_accuracy, "heavy_threshold": threshold}
@@ -497,20 +514,26 @@ def run_tasks(config, workdir: str, energies: Dict[str, ConditionalEnergy], judg
   if "and" in config.tasks:
     settings += [("and", m, 1.0, tuple(config.conjunction.classes))
                  for m in config.conjunction.methods]
-  samplers = {}
-  for task, method, beta, classes in settings:
-    if (task, method) not in samplers:
-      samplers[task, method] = make_sampler(method, pots[task, method], config, event_shape,
-                                            images.IMAGE_SIGMA_DATA)
-    key, k_run = jax.random.split(key)
-    samples, metrics, _ = evaluate(samplers[task, method], params, k_run, task, beta, classes,
-                                judge, reference)
-    name = f"beta{beta:g}" if task == "low_temperature" else "heavy"
-    results.setdefault(task, {}).setdefault(name, {})[method] = metrics
-    grid = samples[:, :config.eval.grid_samples]
-    images.save_image_grid(np.clip(grid.reshape(-1, *event_shape), -1, 1),
-                           os.path.join(workdir, f"{task}_{name}_{method}.png"),
-                           columns=grid.shape[1])
+  for source, energies in sources.items():
+    params = {name: e.params for name, e in energies.items()}
+    pots = potentials(energies)
+    samplers = {}
+    for task, method, beta, classes in settings:
+      if source != "learned" and method not in config.consistent.methods:
+        continue
+      if (task, method) not in samplers:
+        samplers[task, method] = make_sampler(method, pots[task, method], config, event_shape,
+                                              images.IMAGE_SIGMA_DATA)
+      key, k_run = jax.random.split(key)
+      samples, metrics, _ = evaluate(samplers[task, method], params, k_run, task, beta, classes,
+                                     judge, reference)
+      name = f"beta{beta:g}" if task == "low_temperature" else "heavy"
+      row = method if source == "learned" else f"{method}/{source}"
+      results.setdefault(task, {}).setdefault(name, {})[row] = metrics
+      grid = samples[:, :config.eval.grid_samples]
+      plots.save_image_grid(np.clip(grid.reshape(-1, *event_shape), -1, 1),
+                            os.path.join(workdir, f"{task}_{name}_{row.replace('/', '_')}.png"),
+                            columns=grid.shape[1])
   return results
 
 
@@ -523,7 +546,7 @@ def format_table(results: dict) -> str:
           for method, m in by_method.items()]
   return "\n".join([f"classifier test accuracy {results['classifier_test_accuracy']:.3f}; heavy "
                     f"stroke: mean ink > {results['heavy_threshold']:.4f}"] +
-                   common.metrics_table((("task", 16), ("setting", 8), ("method", 9)), cols,
+                   common.metrics_table((("task", 16), ("setting", 8), ("method", 20)), cols,
                                         rows, 10))
 
 
@@ -531,10 +554,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole job; returns (and writes to ``workdir/results.json``) the results."""
   validate_job_config(config)
   workdir = common.start_job(config, workdir)
-  energy_dirs = train_models(config, workdir)
-  energies = {name: load_energy(d) for name, d in energy_dirs.items()}
+  sources = {source: load_energies(dirs) for source, dirs in train_models(config, workdir).items()}
   train, test = digits_arrays(config.data_dir, "train"), digits_arrays(config.data_dir, "test")
   judge = get_classifier(config, workdir, train, test)
-  results = run_tasks(config, workdir, energies, judge, train)
+  results = run_tasks(config, workdir, sources, judge, train)
   common.write_results(workdir, results, format_table(results))
   return results

@@ -31,7 +31,7 @@ from absl import logging
 
 from fkdiff.diffusion import edm
 from fkdiff.evaluation import fid as fid_lib
-from fkdiff.evaluation import inception
+from fkdiff.evaluation import inception, plots
 from fkdiff.experiments.common import start_job, write_results
 
 SAMPLERS = ("heun", "euler_maruyama")
@@ -196,20 +196,22 @@ def reference(config, workdir: str, features, load_split) -> fid_lib.FeatureStat
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The FID job; returns ``results.json``'s content."""
+  from fkdiff import runs
   from fkdiff.data import images
-  from fkdiff.training import checkpoint, distributed, parallel, tasks
+  from fkdiff.training import distributed, parallel, tasks
   validate_job_config(config)
   inception_variables = inception.load_fid_weights(config.inception_weights)   # fail fast.
-  run_config, tree, run_step = checkpoint.load_run(config.run_workdir)
+  run_config = runs.read_run_config(config.run_workdir)
   if run_config.data.name not in images.IMAGE_SHAPES:
     raise ValueError(f"FID is for image runs; {config.run_workdir} trained on "
                      f"{run_config.data.name!r}.")
+  run = runs.load(config.run_workdir, use_ema=config.use_ema)
   for key in ("data_dir", "image_dir"):
     if config[key]:
       run_config.data[key] = config[key]
   workdir = start_job(config, workdir)
   mesh = parallel.data_mesh()
-  params = tree["ema_params" if config.use_ema else "params"]
+  params, run_step = run.params, run.step
   features_fn = fid_lib.make_feature_fn(inception_variables, config.batch_size)
   load_split = functools.cache(lambda split: images.load_arrays(run_config.data, split))
   ref = reference(config, workdir, features_fn, load_split)
@@ -218,9 +220,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if tasks.num_attributes(run_config) > 0:   # attribute vectors of real training images.
     label_table = load_split("train")["label"]
   load_split.cache_clear()   # the images are not needed while sampling.
-  denoise, sigma_data = tasks.run_denoiser(run_config)
-  generate = make_generate(config, run_config, denoise, images.IMAGE_SHAPES[run_config.data.name],
-                           sigma_data, mesh, label_table)
+  generate = make_generate(config, run_config, run.denoise_fn,
+                           images.IMAGE_SHAPES[run_config.data.name], run.sigma_data, mesh,
+                           label_table)
   fingerprint = _fingerprint(config, run_step)
   chunks = _load_progress(workdir, fingerprint)
   num_batches = -(-config.num_samples // config.batch_size)
@@ -233,7 +235,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                   jax.random.fold_in(key, i)))
     chunks.append(feats)
     if i == 0 and jax.process_index() == 0:
-      images.save_image_grid(samples[:config.grid_samples], os.path.join(workdir, "samples.png"))
+      plots.save_image_grid(samples[:config.grid_samples], os.path.join(workdir, "samples.png"))
     if (i + 1) % config.save_every == 0 or i + 1 == num_batches:
       _save_progress(workdir, fingerprint, chunks, config.batch_size)
       logging.info("FID sampling: batch %d/%d.", i + 1, num_batches)

@@ -3,19 +3,22 @@
 Stages (each a ``train_and_evaluate`` run in its own sub-workdir; finished ones are reused):
   1. a teacher (EDM denoiser) per 2-D Gaussian-mixture dataset,   ``<workdir>/teachers/<name>``;
   2. an energy distilled from each teacher,                       ``<workdir>/energies/<name>``;
+     2b. with the ``consistent`` source, a time-consistent one too (METHOD.md §3b),
+                                                       ``<workdir>/energies_consistent/<name>``;
   3. sampling tasks, each with every method and energy source:
      - ``product``: the product of two models (``∝ p_a p_b``),
      - ``low_temperature``: ``∝ p^β`` of a mixture with unequal weights;
      methods ``smc_score`` (Feynman–Kac SMC with score-only weights, METHOD.md §4b),
      ``smc_ratio`` (SMC with exact-ratio weights, §4), ``naive`` (reverse diffusion on summed /
      scaled scores), ``mala`` / ``hmc`` (annealed MCMC); energy sources ``learned`` (the distilled
-     energies) and ``exact`` (closed-form diffused mixtures), which separates learning error from
+     energies), ``consistent`` (the time-consistent ones; only ``consistent.methods`` run on
+     them) and ``exact`` (closed-form diffused mixtures), which separates learning error from
      sampler error.
 Every sample set is scored against the exact target at the final level σ_K: NLL, mode masses,
 sliced Wasserstein and energy distance to exact samples, ESS and ``log Ẑ`` (vs the exact value
 where the energies are normalised). Each method runs ``eval.num_seeds`` times (independent keys);
 a row holds the mean over seeds and ``<metric>_std`` their standard deviation. The row
-``floor/learned`` is the learned model's own floor: the mode-mass TV of ``exp(−U_learned(·, σ_K))``
+``floor/<source>`` is a distilled model's own floor: the mode-mass TV of ``exp(−U_learned(·, σ_K))``
 tabulated on the grid against the exact target, so sampler error and model error read apart.
 Outputs: ``results.json``, a printed table, PNG plots (seed 0), TensorBoard scalars.
 """
@@ -29,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fkdiff import models
+from fkdiff import runs
 from fkdiff.data import gmm as gmm_lib
 from fkdiff.data import toy
 from fkdiff.diffusion import edm
@@ -38,13 +41,13 @@ from fkdiff.experiments import common
 from fkdiff.sampling import mcmc, reverse, smc, targets
 from fkdiff.sampling import weights as weights_lib
 from fkdiff.sampling.baselines import naive_reverse_sample
-from fkdiff.training import checkpoint
 from fkdiff.training.config import default_config, validate_config
 
 TASKS = ("product", "low_temperature")
 METHODS = ("smc_score", "smc_ratio", "naive", "mala", "hmc")
 SMC_METHODS = ("smc_score", "smc_ratio")        # score-only / exact-ratio weights
-SOURCES = ("learned", "exact")
+SOURCES = ("learned", "consistent", "exact")
+DISTILLED = ("learned", "consistent")           # sources trained by the job (stages 2 / 2b)
 
 
 def job_config() -> ml_collections.ConfigDict:
@@ -55,11 +58,18 @@ def job_config() -> ml_collections.ConfigDict:
   c.datasets = ml_collections.ConfigDict()      # name -> {mixture, mixture_kwargs}; free-form.
   c.tasks = TASKS
   c.methods = METHODS
-  c.energies = SOURCES
+  c.energies = ("learned", "exact")
   c.product = ml_collections.ConfigDict({"models": ("ring", "bar")})
   c.low_temperature = ml_collections.ConfigDict({"model": "unequal", "beta": 3.0})
   c.teacher = default_config()                  # training settings shared by every teacher.
   c.distill = default_config()                  # ... and by every distillation.
+  # The 'consistent' energy source: time-consistent distillation (METHOD.md §3) with c.distill's
+  # settings and these overrides, from the same teachers (fkdiff.losses.distill.time_score_loss).
+  c.consistent = ml_collections.ConfigDict()
+  c.consistent.time_weight = 0.3
+  c.consistent.time_target = "teacher"
+  c.consistent.num_steps = 6000
+  c.consistent.methods = SMC_METHODS            # the methods run on it (the others ignore levels).
   c.sampler = ml_collections.ConfigDict()
   c.sampler.num_particles = 2048
   c.sampler.num_steps = 100
@@ -91,14 +101,16 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
   for key in config.keys():
     if key not in reference:
       raise ValueError(f"Unknown config key '{key}' for the toy2d job; valid: {sorted(reference)}.")
-  for section in ("product", "low_temperature", "sampler", "eval"):
+  for section in ("product", "low_temperature", "consistent", "sampler", "eval"):
     for key in config[section].keys():
       if key not in reference[section]:
         raise ValueError(f"Unknown config key '{section}.{key}'; valid: "
                          f"{sorted(reference[section])}.")
   validate_config(config.teacher)
   validate_config(config.distill)
+  validate_config(_consistent_distill(config))
   for kind, names, valid in (("task", config.tasks, TASKS), ("method", config.methods, METHODS),
+                             ("consistent method", config.consistent.methods, METHODS),
                              ("energy source", config.energies, SOURCES)):
     unknown = [n for n in names if n not in valid]
     if unknown:
@@ -133,17 +145,35 @@ def _stage_config(base: ml_collections.ConfigDict, task: str, dataset, teacher_w
   return c
 
 
-def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, str]:
-  """Runs (or reuses) teacher and distillation stages; returns ``{model name: energy workdir}``."""
-  out = {}
-  for name in _needed_models(config):
+def _consistent_distill(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config.distill`` with the ``consistent`` source's overrides (the time-score term)."""
+  c = ml_collections.ConfigDict(config.distill.to_dict())
+  tc = config.consistent
+  c.distill.time_weight, c.distill.time_target = tc.time_weight, tc.time_target
+  c.training.num_steps = tc.num_steps
+  return c
+
+
+def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Dict[str, str]]:
+  """Runs (or reuses) the teacher and distillation stages of the distilled sources in
+  ``config.energies``; returns ``{source: {model name: energy workdir}}``.
+
+  ``learned`` energies live in ``energies/<name>``, ``consistent`` ones in
+  ``energies_consistent/<name>``; both distil the same teacher ``teachers/<name>``.
+  """
+  stages = {"learned": ("energies", config.distill),
+            "consistent": ("energies_consistent", _consistent_distill(config))}
+  sources = [s for s in DISTILLED if s in config.energies]
+  out = {s: {} for s in sources}
+  for name in _needed_models(config) if sources else ():
     dataset = config.datasets[name]
     t_dir = os.path.join(workdir, "teachers", name)
-    e_dir = os.path.join(workdir, "energies", name)
     common.run_stage(f"teacher/{name}", _stage_config(config.teacher, "teacher", dataset), t_dir)
-    common.run_stage(f"energy/{name}",
-                     _stage_config(config.distill, "distill", dataset, t_dir), e_dir)
-    out[name] = e_dir
+    for source in sources:
+      folder, distill = stages[source]
+      e_dir = os.path.join(workdir, folder, name)
+      common.run_stage(f"{folder}/{name}", _stage_config(distill, "distill", dataset, t_dir), e_dir)
+      out[source][name] = e_dir
   return out
 
 
@@ -154,17 +184,11 @@ class Energies(NamedTuple):
 
 
 def load_learned(energy_dirs: Dict[str, str]) -> Energies:
-  """The distilled energies (EMA parameters) of the stage workdirs."""
-  from fkdiff.training.tasks import load_teacher
-  fns, params = {}, {}
-  for name, e_dir in energy_dirs.items():
-    config, tree, _ = checkpoint.load_run(e_dir)
-    *_, sigma_data = load_teacher(config)
-    model = models.EnergyModel(models.get_backbone(config.model), sigma_data,
-                               config.energy.parameterization)
-    fns[name] = functools.partial(lambda m, p, x, s: m.apply(p, x, s), model)
-    params[name] = tree["ema_params"]
-  return Energies(fns, params)
+  """The distilled energies of the stage workdirs ``{name: workdir}``, each from
+  :func:`fkdiff.runs.load_energy` (EMA parameters)."""
+  loaded = {name: runs.load_energy(e_dir) for name, e_dir in energy_dirs.items()}
+  return Energies({name: fn for name, (fn, _, _) in loaded.items()},
+                  {name: params for name, (_, params, _) in loaded.items()})
 
 
 def exact_energies(mixtures: Dict[str, gmm_lib.GaussianMixture]) -> Energies:
@@ -326,13 +350,12 @@ def model_floor(target, truth: Truth, sigma) -> dict:
   return {"mode_mass_tv": float(0.5 * jnp.sum(err)), "mode_mass_max_error": float(jnp.max(err))}
 
 
-def run_tasks(config, workdir: str, learned: Energies | None, mixtures) -> dict:
-  """Stage 3: every task × method × energy source; returns the nested results dict."""
+def run_tasks(config, workdir: str, distilled: Dict[str, Energies], mixtures) -> dict:
+  """Stage 3: every task × method × energy source (``distilled``: the trained sources by name);
+  returns the nested results dict."""
   results, figures = {}, {}
   sigma_k = config.sampler.sigma_min
-  sources = {"exact": exact_energies(mixtures)}
-  if learned is not None:
-    sources["learned"] = learned
+  sources = {"exact": exact_energies(mixtures), **distilled}
   key = jax.random.key(config.seed)
   for task in config.tasks:
     if task == "product":
@@ -346,9 +369,11 @@ def run_tasks(config, workdir: str, learned: Energies | None, mixtures) -> dict:
     for source in config.energies:
       potential, params, names = task_potential(task, config, sources[source])
       sigma_data = float(np.mean([gmm_lib.data_std(mixtures[n]) for n in names]))
-      if source == "learned":
-        results[task]["floor/learned"] = model_floor(potential(params), truth, sigma_k)
-      for method in config.methods:
+      if source in DISTILLED:
+        results[task][f"floor/{source}"] = model_floor(potential(params), truth, sigma_k)
+      methods = [m for m in config.methods
+                 if source != "consistent" or m in config.consistent.methods]
+      for method in methods:
         key, k_run, k_eval = jax.random.split(key, 3)
         runs = run_method(method, jax.random.split(k_run, config.eval.num_seeds), potential,
                           params, config, sigma_data)
@@ -379,7 +404,7 @@ def format_table(results: dict) -> str:
   rows = [((task, name), {rename.get(k, k): v for k, v in metrics.items()})
           for task, task_rows in results.items()
           for name, metrics in task_rows.items() if isinstance(metrics, dict)]
-  return "\n".join(common.metrics_table((("task", 16), ("method/energy", 15)), cols, rows, 12))
+  return "\n".join(common.metrics_table((("task", 16), ("method/energy", 21)), cols, rows, 12))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -391,9 +416,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ds = config.datasets[name]
     kwargs = ds.mixture_kwargs.to_dict() if "mixture_kwargs" in ds else {}
     mixtures[name] = toy.get_mixture(ds.mixture, **kwargs)
-  learned = None
-  if "learned" in config.energies:
-    learned = load_learned(train_models(config, workdir))
-  results = run_tasks(config, workdir, learned, mixtures)
+  distilled = {source: load_learned(dirs) for source, dirs in train_models(config, workdir).items()}
+  results = run_tasks(config, workdir, distilled, mixtures)
   common.write_results(workdir, results, format_table(results))
   return results

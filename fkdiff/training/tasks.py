@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fkdiff import losses, models
-from fkdiff.data.pipeline import DataSource
+from fkdiff import losses, models, runs
+from fkdiff.data.source import DataSource
 
 Array = jax.Array
 
@@ -28,12 +28,15 @@ class Task(NamedTuple):
     denoise_fn: ``denoise_fn(params, x, sigma) -> D(x, σ)`` for one example.
     energy_fn: ``energy_fn(params, x, sigma) -> scalar`` for energy models, else ``None``.
     frozen: parameters the loss uses but does not train (a distillation teacher), or ``None``.
+    sigma_data: σ_d of the model's preconditioning (a distilled energy: its teacher's); the
+      trainer records it in the run's ``config.json`` (:mod:`fkdiff.runs`).
   """
   init_params: Callable
   loss_fn: Callable
   denoise_fn: Callable
   energy_fn: Optional[Callable] = None
   frozen: Any = None
+  sigma_data: Optional[float] = None
 
 
 def num_attributes(config: ml_collections.ConfigDict) -> int:
@@ -97,7 +100,8 @@ def teacher_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
   dsm = losses.make_dsm_loss(denoise, data.sigma_data, config.diffusion.p_mean,
                              config.diffusion.p_std)
   loss = lambda p, batch, key, frozen: dsm(p, batch, key, loss_dropout_key(key, config))
-  return Task(init_params, with_label_dropout(loss, config), lambda p, x, s: denoise(p, x, s))
+  return Task(init_params, with_label_dropout(loss, config), lambda p, x, s: denoise(p, x, s),
+              sigma_data=data.sigma_data)
 
 
 def _energy_model(config: ml_collections.ConfigDict, sigma_data: float):
@@ -118,15 +122,8 @@ def energy_dsm_task(config: ml_collections.ConfigDict, data: DataSource) -> Task
   loss = lambda p, batch, key, frozen: dsm(p, batch, key, loss_dropout_key(key, config))
   return Task(lambda key: model.init(key, jnp.zeros(data.event_shape), jnp.ones(())),
               with_label_dropout(loss, config),
-              lambda p, x, s: denoise(p, x, s), lambda p, x, s: energy_fn(p, x, s))
-
-
-def _sigma_data(data_config: ml_collections.ConfigDict) -> float:
-  """σ_d of a data config; image sets (σ_d = 0.5 unless set) are not loaded for it."""
-  from fkdiff.data.pipeline import make_data_source
-  if data_config.name != "toy2d":
-    return float(data_config.sigma_data) if data_config.sigma_data > 0 else 0.5
-  return make_data_source(data_config).sigma_data
+              lambda p, x, s: denoise(p, x, s), lambda p, x, s: energy_fn(p, x, s),
+              sigma_data=data.sigma_data)
 
 
 # Backbone settings that change how a network is computed, not its parameters: rematerialisation,
@@ -141,16 +138,16 @@ def _architecture(model_config: ml_collections.ConfigDict):
   return name, {k: v for k, v in kwargs.items() if k not in _COMPUTE_ONLY}
 
 
-def load_teacher(config: ml_collections.ConfigDict):
-  """The frozen teacher of a distillation config: ``(teacher_config, params, denoise_fn)``.
+def frozen_teacher(config: ml_collections.ConfigDict):
+  """The frozen teacher of a distillation config: ``(denoise_fn, params, sigma_data)`` of
+  :func:`fkdiff.runs.load_teacher` (its EMA parameters unless ``teacher.use_ema`` is off).
 
   Raises:
     CheckpointError: if ``config.teacher.workdir`` is missing or holds no readable checkpoint.
     ValueError: if the run there is not a teacher, or its architecture differs from the student's
       while ``teacher.init_student`` is on.
   """
-  from fkdiff.training import checkpoint
-  teacher_config, tree, _ = checkpoint.load_run(config.teacher.workdir)
+  teacher_config = runs.read_run_config(config.teacher.workdir)
   if teacher_config.task != "teacher":
     raise ValueError(f"{config.teacher.workdir} holds a {teacher_config.task!r} run, not a "
                      "teacher; point teacher.workdir at a run of task 'teacher'.")
@@ -163,10 +160,7 @@ def load_teacher(config: ml_collections.ConfigDict):
     raise ValueError("The student must have the teacher's architecture to start from its "
                      f"weights ({'; '.join(diffs)}). Copy the teacher's model settings or set "
                      "teacher.init_student=False.")
-  sigma_data = _sigma_data(teacher_config.data)
-  denoise = models.make_denoiser(models.get_backbone(teacher_config.model), sigma_data)
-  params = tree["ema_params" if config.teacher.use_ema else "params"]
-  return teacher_config, params, denoise, sigma_data
+  return runs.load_teacher(config.teacher.workdir, use_ema=config.teacher.use_ema)
 
 
 def _time_probes(dist: ml_collections.ConfigDict, data: DataSource) -> int:
@@ -191,7 +185,7 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
   may differ from the teacher's) in the loss only; its denoiser and energy for sampling and
   evaluation are deterministic.
   """
-  _, teacher_params, teacher_denoise, sigma_data = load_teacher(config)
+  teacher_denoise, teacher_params, sigma_data = frozen_teacher(config)
   model, energy_fn, denoise = _energy_model(config, sigma_data)
   d = config.diffusion
 
@@ -227,18 +221,7 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
     return loss, aux
 
   return Task(init_params, with_label_dropout(loss_fn, config), lambda p, x, s: denoise(p, x, s),
-              lambda p, x, s: energy_fn(p, x, s), frozen=teacher_params)
-
-
-def run_denoiser(run_config: ml_collections.ConfigDict):
-  """``(denoise(params, x, σ, label=None), σ_d)`` of a finished run of any task (an image run:
-  its σ_d is the data config's), for sampling from its checkpoint."""
-  sigma_data = _sigma_data(run_config.data)
-  if run_config.task == "teacher":
-    return models.make_denoiser(models.get_backbone(run_config.model), sigma_data), sigma_data
-  if run_config.task in ("distill", "energy_dsm"):
-    return _energy_model(run_config, sigma_data)[2], sigma_data
-  raise ValueError(f"Unknown task {run_config.task!r} in the run's config.")
+              lambda p, x, s: energy_fn(p, x, s), frozen=teacher_params, sigma_data=sigma_data)
 
 
 _TASKS = {"teacher": teacher_task, "distill": distill_task, "energy_dsm": energy_dsm_task}

@@ -18,7 +18,8 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fkdiff.data.pipeline import DataSource, make_data_source
+from fkdiff.data.pipeline import make_data_source
+from fkdiff.data.source import DataSource
 from fkdiff.training import checkpoint, parallel
 from fkdiff.training import metrics as metrics_lib
 from fkdiff.training.config import validate_config
@@ -162,6 +163,15 @@ def _global_host_batch(data: DataSource, seed: int, batch_size: int, sharding, s
       sharding, a, (batch_size,) + a.shape[1:]), local)
 
 
+def recorded_config(config: ml_collections.ConfigDict, task: Task) -> ml_collections.ConfigDict:
+  """The run's ``config.json``: ``config`` with ``data.sigma_data`` set to the σ_d the model uses
+  (``task.sigma_data``: the data's for a teacher, the teacher's for a distilled energy), so that
+  loading a run (:mod:`fkdiff.runs`) reads it from this file."""
+  recorded = ml_collections.ConfigDict(config.to_dict())
+  recorded.data.sigma_data = float(task.sigma_data)
+  return recorded
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config.task`` in ``workdir`` (resuming if it holds a checkpoint), then evaluates.
 
@@ -181,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = trainer.make_state(trainer.init_key)
   else:
     logging.info("Resumed from checkpoint step %d in %s.", restored_step, workdir)
-  checkpoint.write_config(workdir, config)
+  checkpoint.write_config(workdir, recorded_config(config, task))
   keys = trainer.aux_keys
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -244,8 +254,7 @@ def _save_samples(task, data, params, config, workdir, step, samples=None):
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
   if len(data.event_shape) == 3:   # images (H, W, C): a grid.
-    from fkdiff.data import images
-    images.save_image_grid(samples[:64], path)
+    plots.save_image_grid(samples[:64], path)
     return
   plots.samples_figure(samples, data.mixture, path, title=f"{config.task} samples, step {step}")
 

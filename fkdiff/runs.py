@@ -1,0 +1,214 @@
+"""Loading a finished run: its network as the callable the samplers take, its parameters and σ_d.
+
+One loader for every consumer of a trained model (the jobs, the notebooks, the benchmarks)::
+
+  energy_fn, params, sigma_data = fkdiff.load_energy("runs/toy2d_distill")    # 'distill', 'energy_dsm'
+  denoise_fn, params, sigma_data = fkdiff.load_teacher("runs/toy2d_teacher")  # 'teacher'
+
+``energy_fn(params, x, σ, label=None) -> ()`` and ``denoise_fn(params, x, σ, label=None) -> like x``
+take one example ``x`` (the run's event shape) and a scalar σ. Binding the parameters gives what
+the samplers consume: ``functools.partial(energy_fn, params)`` is an ``energy_fn(x, σ)`` for
+:mod:`fkdiff.sampling.targets` and ``smc_sample`` (or, with its label argument, a
+``cond_energy_fn`` for :func:`~fkdiff.sampling.targets.label_sum`), and
+``functools.partial(denoise_fn, params)`` a ``denoise_fn(x, σ)`` for
+:func:`~fkdiff.sampling.reverse.heun_sample`. The parameters are the EMA parameters of the latest
+orbax checkpoint (``use_ema=False``: the optimised ones); nothing else of the checkpoint is read.
+:func:`load` returns all of it at once, with the run's config and step.
+
+**σ_d.** The trainer records the σ_d its model uses as ``data.sigma_data`` in the run's
+``config.json`` (for a distilled energy, its teacher's), so loading reads one file. Runs written
+before that hold ``data.sigma_data = 0`` ("the data's RMS std") for toy data; their σ_d is derived
+as it was then, without restoring any checkpoint: from the teacher's ``config.json`` for a
+distilled energy (``teacher.workdir`` as recorded, a relative path taken from the run's workdir),
+else from the run's own data settings (toy data: the mixture's RMS std; images: 0.5).
+"""
+
+import os
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from fkdiff import models
+from fkdiff.data.pipeline import make_data_source
+from fkdiff.training import checkpoint
+from fkdiff.training.checkpoint import CheckpointError
+
+TEACHER_TASKS = ("teacher",)
+ENERGY_TASKS = ("distill", "energy_dsm")
+
+
+class Run(NamedTuple):
+  """A finished run, loaded (:func:`load`).
+
+  Attributes:
+    config: the run's ``config.json``.
+    step: the step of the restored checkpoint.
+    params: its EMA (or optimised) parameters.
+    sigma_data: σ_d of the model's preconditioning.
+    denoise_fn: ``denoise_fn(params, x, σ, label=None) -> D(x, σ)``, like ``x`` (every task).
+    energy_fn: ``energy_fn(params, x, σ, label=None) -> E(x, σ)``, a scalar (energy runs), or
+      ``None`` (a teacher).
+  """
+  config: ml_collections.ConfigDict
+  step: int
+  params: Any
+  sigma_data: float
+  denoise_fn: Callable
+  energy_fn: Optional[Callable]
+
+
+def data_sigma_data(data_config: ml_collections.ConfigDict) -> float:
+  """σ_d of a data config: ``data.sigma_data`` if positive, else the toy mixture's RMS std, or 0.5
+  for images (which are not loaded for it)."""
+  if data_config.sigma_data > 0:
+    return float(data_config.sigma_data)
+  if data_config.name != "toy2d":
+    return 0.5
+  return make_data_source(data_config).sigma_data
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The ``config.json`` of a run's workdir.
+
+  Raises:
+    CheckpointError: if ``workdir`` does not exist or holds no ``config.json``.
+  """
+  if not workdir or not os.path.isdir(workdir):
+    raise CheckpointError(f"Run workdir {workdir!r} does not exist. Train it first (e.g. "
+                          "python launch.py --config=configs/toy2d_teacher.py --workdir=...) and "
+                          "pass that workdir.")
+  config = checkpoint.read_config(workdir)
+  if config is None:
+    raise CheckpointError(f"{workdir} has no {checkpoint.CONFIG_FILE}; it is not an fkdiff run "
+                          "workdir.")
+  return config
+
+
+def run_sigma_data(workdir: str, config: Optional[ml_collections.ConfigDict] = None) -> float:
+  """σ_d of the run in ``workdir`` (``config``: its ``config.json``, read if not given), from
+  that file alone, or for an older run as described in the module docstring.
+
+  Raises:
+    CheckpointError: an older distilled energy whose teacher's ``config.json`` is gone.
+  """
+  config = read_run_config(workdir) if config is None else config
+  if config.data.sigma_data > 0 or config.task != "distill":
+    return data_sigma_data(config.data)
+  teacher_dir = os.path.join(workdir, config.teacher.workdir)   # unchanged if absolute.
+  teacher = checkpoint.read_config(teacher_dir) if config.teacher.workdir else None
+  if teacher is None:
+    raise CheckpointError(
+        f"{workdir} was written before runs recorded σ_d, and its teacher's "
+        f"{checkpoint.CONFIG_FILE} (teacher.workdir = {config.teacher.workdir!r}) is not there. "
+        f"Set data.sigma_data in {os.path.join(workdir, checkpoint.CONFIG_FILE)} to the "
+        "teacher's σ_d, or point teacher.workdir there at the teacher's workdir.")
+  return data_sigma_data(teacher.data)
+
+
+def network_fns(config: ml_collections.ConfigDict,
+                sigma_data: float) -> Tuple[Callable, Optional[Callable]]:
+  """``(denoise_fn, energy_fn)`` of a run's config (see :class:`Run`; ``energy_fn`` is ``None``
+  for a teacher). Deterministic: dropout is off unless a caller passes a ``dropout_key``."""
+  backbone = models.get_backbone(config.model)
+  if config.task in TEACHER_TASKS:
+    return models.make_denoiser(backbone, sigma_data), None
+  if config.task in ENERGY_TASKS:
+    model = models.EnergyModel(backbone, sigma_data, config.energy.parameterization)
+
+    def energy_fn(params, x, sigma, label=None):
+      return models.energy.energy(model, params, x, sigma, label)
+
+    def denoise_fn(params, x, sigma, label=None):
+      return models.energy.denoiser(model, params, x, sigma, label)
+
+    return denoise_fn, energy_fn
+  raise ValueError(f"Unknown task {config.task!r} in the run's config; choose one of "
+                   f"{TEACHER_TASKS + ENERGY_TASKS}.")
+
+
+def restore_params(workdir: str, use_ema: bool = True,
+                   sharding: Optional[jax.sharding.Sharding] = None) -> Tuple[Any, int]:
+  """``(params, step)``: the EMA (or optimised) parameters of the latest checkpoint of a run,
+  restored alone (not the optimiser state), replicated over all devices unless ``sharding``.
+
+  Raises:
+    CheckpointError: no checkpoint, or an unreadable one.
+  """
+  if sharding is None:
+    from fkdiff.training.parallel import data_mesh, replicated
+    sharding = replicated(data_mesh())
+  name = "ema_params" if use_ema else "params"
+  directory = checkpoint.checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"{workdir} has no checkpoint yet; let its training run finish.")
+  with ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler()) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise CheckpointError(f"{workdir} has no checkpoint yet; let its training run finish.")
+    try:
+      saved = manager.item_metadata(step).tree
+      abstract = {name: jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved[name])}
+      tree = manager.restore(step, args=ocp.args.PyTreeRestore(
+          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True))
+    except Exception as e:  # orbax raises several types for missing, corrupt and foreign data.
+      raise CheckpointError(
+          f"Cannot read checkpoint step {step} of {workdir}: it is unreadable (corrupt or "
+          f"partially written) or not an fkdiff checkpoint. Cause: {type(e).__name__}: "
+          f"{str(e)[:500]}") from e
+  return tree[name], int(step)
+
+
+def load(workdir: str, use_ema: bool = True,
+         sharding: Optional[jax.sharding.Sharding] = None) -> Run:
+  """The finished run in ``workdir``: config, step, parameters, σ_d and network functions.
+
+  Args:
+    workdir: the run's workdir (``config.json`` and ``checkpoints/<step>/``).
+    use_ema: restore the EMA parameters (the ones to sample from), else the optimised ones.
+    sharding: where to place the restored arrays (default: replicated over all devices).
+  Raises:
+    CheckpointError: a missing workdir, ``config.json`` or checkpoint, or an unreadable one.
+    ValueError: an unknown task in the run's config.
+  """
+  config = read_run_config(workdir)
+  sigma_data = run_sigma_data(workdir, config)
+  denoise_fn, energy_fn = network_fns(config, sigma_data)
+  params, step = restore_params(workdir, use_ema, sharding)
+  return Run(config, step, params, sigma_data, denoise_fn, energy_fn)
+
+
+def _check_task(workdir: str, config: ml_collections.ConfigDict, tasks, instead: str) -> None:
+  if config.task not in tasks:
+    raise ValueError(f"{workdir} holds a {config.task!r} run; {instead}.")
+
+
+def load_energy(workdir: str, use_ema: bool = True) -> Tuple[Callable, Any, float]:
+  """``(energy_fn, params, sigma_data)`` of a distilled (or ``energy_dsm``) energy run, with
+  ``energy_fn(params, x, σ, label=None) -> scalar`` for one example.
+
+  Raises:
+    CheckpointError: a missing or unreadable run (see :func:`load`).
+    ValueError: the run is a teacher (use :func:`load_teacher`).
+  """
+  _check_task(workdir, read_run_config(workdir), ENERGY_TASKS,
+              "load_energy loads energy runs (tasks 'distill', 'energy_dsm'): use load_teacher")
+  run = load(workdir, use_ema)
+  return run.energy_fn, run.params, run.sigma_data
+
+
+def load_teacher(workdir: str, use_ema: bool = True) -> Tuple[Callable, Any, float]:
+  """``(denoise_fn, params, sigma_data)`` of a teacher run, with
+  ``denoise_fn(params, x, σ, label=None) -> D(x, σ)`` for one example.
+
+  Raises:
+    CheckpointError: a missing or unreadable run (see :func:`load`).
+    ValueError: the run is not a teacher (an energy: use :func:`load_energy`).
+  """
+  _check_task(workdir, read_run_config(workdir), TEACHER_TASKS,
+              "load_teacher loads runs of task 'teacher': use load_energy for an energy")
+  run = load(workdir, use_ema)
+  return run.denoise_fn, run.params, run.sigma_data
