@@ -30,15 +30,13 @@ def tiny_teacher_config(**training):
 def fake_devices_flags(devices: int) -> str:
   """``XLA_FLAGS`` for ``devices`` fake CPU devices in one process.
 
-  Their collectives rendezvous in-process. Two flags keep that sound on 2 busy cores:
-  * single-threaded Eigen: with XLA:CPU's multi-threaded Eigen pool, one device's thread can wait in
-    a collective while the pool work its peer needs never runs; the process then sleeps forever
-    (seen in the multi-host reference job: idle at step ~100, "not all of them arrived" in the log);
-  * a 600 s collective abort instead of XLA:CPU's 40 s: a device thread late because the other test
-    worker is compiling is load, not a hang; the tests' own subprocess timeouts catch hangs.
+  Their collectives rendezvous in-process, and XLA:CPU aborts the process when one device thread
+  is 40 s late (its default): on 2 CPU cores shared with the other test worker's compiles that
+  happens, so the abort waits 600 s here; the tests' own subprocess timeouts catch hangs. (The
+  trainer waits for each step on such devices: see ``in_process_collectives`` in
+  fkdiff/training/train.py.)
   """
   return (f"--xla_force_host_platform_device_count={devices}"
-          " --xla_cpu_multi_thread_eigen=false"
           " --xla_cpu_collective_call_terminate_timeout_seconds=600")
 
 

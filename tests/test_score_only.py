@@ -316,6 +316,36 @@ def test_hard_box_and_reward_tilt_telescoping_terms():
   assert np.isnan(float(res.log_Z)) and not bool(res.weights_invalid)
 
 
+@pytest.mark.parametrize("rule", ["left", "trapezoid"])
+def test_driver_is_its_parts_bitwise(rule):
+  # With the left rule smc_sample runs its last level without the energies' σ_K evaluation (the
+  # increment needs only the terms there): the same result, bit for bit, as scanning `step` over
+  # every level, with terms acting at the last level and resampling, and with one level only.
+  target = targets.reward_tilt(
+      targets.bounded_hard(case_product_1d()["target"], BOX_LO, BOX_HI, SIGMA_ON),
+      lambda y: -jnp.sum(y**2), 0.5)
+  weights = ScoreOnly(rule=rule)
+  smc = smc_lib.build(target, weights)
+
+  def parts(key, sigmas):
+    k_init, k_final, k_steps = jax.random.split(key, 3)
+    state = smc_lib.init(smc, k_init, sigmas[0], 256, (1,), sigma_data=1.0)
+    keys = jax.random.split(k_steps, sigmas.shape[0] - 1)
+    state, info = jax.lax.scan(lambda st, inp: smc_lib.step(smc, inp[0], st, inp[1]), state,
+                               (keys, sigmas[1:]))
+    return smc_lib.finish(smc, k_final, state, info)
+
+  for num_levels in (K_SMALL, 1):
+    sigmas = karras_sigmas(num_levels + 1, SIGMA_MIN, SIGMA_MAX)
+    got = jax.jit(lambda k: smc_sample(k, target, sigmas, 256, (1,), sigma_data=1.0,
+                                       weights=weights))(jax.random.key(3))
+    want = jax.jit(parts)(jax.random.key(3), sigmas)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert got.info.ess.shape == (num_levels,)
+    if num_levels > 1:   # it resampled, and the box removed particles at the last level
+      assert int(np.sum(got.info.resampled)) > 0 and np.any(np.isneginf(got.log_weights))
+
+
 # ---------------------------------------------------------------- the rates
 def test_rate_instances():
   """``ρ`` of the instances in METHOD.md §4b (and the matched one), from the scheme itself."""

@@ -38,7 +38,11 @@ global (cross-device) resampling. The random numbers do not depend on the shardi
 result equals the single-device one for the same key (up to float reduction order).
 
 Everything is ``jax.jit``-able (close over the callables and static options); the driver's loop is
-a ``lax.scan`` over the K levels (compile time independent of K) with no host callbacks.
+a ``lax.scan`` over the K levels (compile time independent of K) with no host callbacks. With
+score-only left-rule weights and no rejuvenation the last level runs after the scan without the
+energies' σ_K evaluation: its increment needs only the terms there, and the gradient would only
+feed a next proposal (K evaluations of the energies in all, at σ_0 … σ_{K−1}, as plain reverse
+diffusion).
 """
 
 import functools
@@ -305,6 +309,28 @@ def step(smc: SMC, key: Array, state: SMCState, sigma_next: Array) -> Tuple[SMCS
   Returns:
     ``(state at σ_{k+1}, SMCInfo of σ_k)``.
   """
+  return _step(smc, key, state, sigma_next, evaluate=True)
+
+
+def _terms_only(smc: SMC, x: Array, sigma: Array) -> Evaluation:
+  """The terms ``T(x, σ)`` of every particle; the energies' fields are NaN (not evaluated)."""
+  terms = _over_particles(smc.target.term_potential, smc.particle_chunk_size)(x, sigma)
+  nan = jnp.full_like(terms, jnp.nan)
+  return Evaluation(nan, jnp.full_like(x, jnp.nan), nan, terms)
+
+
+def _last_needs_terms_only(smc: SMC) -> bool:
+  """Whether the driver's last step may skip the energies' evaluation at σ_K: the score-only left
+  rule's increment reads the rate at σ_k and the terms only, and without rejuvenation the last
+  step can run outside the scan without tracing the energies again."""
+  return (isinstance(smc.weights, ScoreOnly) and smc.weights.rule == "left"
+          and smc.rejuvenation is None)
+
+
+def _step(smc: SMC, key: Array, state: SMCState, sigma_next: Array, *,
+          evaluate: bool) -> Tuple[SMCState, SMCInfo]:
+  """:func:`step`; ``evaluate=False`` (only where :func:`_last_needs_terms_only`) evaluates only
+  the terms at σ_{k+1}, so the returned state cannot be stepped from."""
   k_res, k_move = jax.random.split(key)
   num = state.log_weights.shape[0]
   sigma = state.sigma
@@ -326,7 +352,7 @@ def step(smc: SMC, key: Array, state: SMCState, sigma_next: Array) -> Tuple[SMCS
   mean = x + var * drift
   x_new = mean + jnp.sqrt(var) * jax.random.normal(k_move, x.shape, x.dtype)
   # 3. evaluate at σ_{k+1} (the step's only evaluation) and reweight.
-  ev = _evaluate(smc, x_new, sigma_next)
+  ev = _evaluate(smc, x_new, sigma_next) if evaluate else _terms_only(smc, x_new, sigma_next)
   kernel_ratio = jax.vmap(lambda a, b, m: _log_normal(a, b, var) - _log_normal(b, m, var))(
       x, x_new, mean)                                 # log L_k(x | x') − log M_k(x' | x)
   inc = smc.weights.log_increment(state.evaluation, ev, kernel_ratio, sigma, sigma_next)
@@ -430,8 +456,13 @@ def smc_sample(
   k_init, k_final, k_steps = jax.random.split(key, 3)
   state = init(smc, k_init, sigmas[0], num, event_shape, sigma_data=sigma_data, init_std=init_std)
   keys = jax.random.split(k_steps, sigmas.shape[0] - 1)
-  state, info = jax.lax.scan(lambda st, inp: step(smc, inp[0], st, inp[1]), state,
-                             (keys, sigmas[1:]))
+  body = lambda st, inp: step(smc, inp[0], st, inp[1])
+  if not _last_needs_terms_only(smc):
+    state, info = jax.lax.scan(body, state, (keys, sigmas[1:]))
+  else:   # the same steps; the last one without the energies' σ_K evaluation (module docstring)
+    state, info = jax.lax.scan(body, state, (keys[:-1], sigmas[1:-1]))
+    state, last = _step(smc, keys[-1], state, sigmas[-1], evaluate=False)
+    info = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), info, last)
   return finish(smc, k_final, state, info, final_resample=final_resample, denoise_fn=denoise_fn)
 
 
