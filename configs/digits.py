@@ -56,12 +56,9 @@ def get_config(variant: str = ""):
     c.distill.training.checkpoint_every = 400
     c.distill.optim.warmup_steps = 50
   if smoke:
-    c.low_temperature.classes = (0, 1, 7)
-    c.low_temperature.betas = (1.0, 3.0)
+    c.low_temperature.update(classes=(0, 1, 7), betas=(1.0, 3.0))
     c.conjunction.classes = (0, 7)
-    c.sampler.num_samples = 8
-    c.sampler.particles_per_run = 4
-    c.sampler.num_steps = 6
+    c.sampler.update(num_samples=8, particles_per_run=4, num_steps=6)
     c.classifier.num_steps = 100
     c.eval.grid_samples = 4
   return c

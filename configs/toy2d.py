@@ -72,9 +72,6 @@ def get_config(variant: str = ""):
   c.consistent.num_steps = 60 if smoke else 6000
   c.teacher.optim.learning_rate = 2e-3
   if smoke:
-    c.sampler.num_particles = 256
-    c.sampler.num_steps = 24
-    c.sampler.mcmc_steps_per_level = 2
-    c.eval.grid_size = 120
-    c.eval.num_distance_samples = 256
+    c.sampler.update(num_particles=256, num_steps=24, mcmc_steps_per_level=2)
+    c.eval.update(grid_size=120, num_distance_samples=256)
   return c

@@ -186,6 +186,9 @@ def _smoke_config(data_dir):
   config.data_dir = str(data_dir)
   config.low_temperature.methods = ("smc_score", "cfg")
   config.conjunction.methods = ("smc_ratio",)
+  # Time-consistent energies beside the plain ones: their own stages, rows for SMC methods only.
+  config.energies = ("learned", "consistent")
+  config.consistent.num_steps = config.distill.training.num_steps
   return config
 
 
@@ -216,6 +219,14 @@ def test_smoke_job_writes_every_task_and_method(smoke_job):
     assert 0 <= row["both"] <= min(row["adherence"], row["heavy"]), row
   assert (run / "teachers" / "class" / "checkpoints").is_dir()
   assert (run / "results.txt").read_text().startswith("classifier test accuracy")
+  # The consistent source: its own energies (with the gauge network), SMC rows only.
+  for name in digits.MODELS:
+    assert (run / "energies_consistent" / name / "checkpoints").is_dir()
+  for beta in config.low_temperature.betas:
+    rows = results["low_temperature"][f"beta{beta:g}"]
+    assert "smc_score/consistent" in rows and "cfg/consistent" not in rows, sorted(rows)
+    assert rows["smc_score/consistent"] != rows["smc_score"]
+  assert "smc_ratio/consistent" in results["and"]["heavy"]
 
 
 @pytest.mark.slow
@@ -239,7 +250,8 @@ def test_smoke_job_relaunch_reuses_every_stage(smoke_job, capsys):
   capsys.readouterr()
   digits.run(config, str(smoke_job.run))
   out = capsys.readouterr().out
-  assert out.count("reusing its checkpoint") == 4 and "training" not in out
+  # Two teachers, two plain and two time-consistent energies.
+  assert out.count("reusing its checkpoint") == 6 and "training" not in out
 
 
 @pytest.mark.slow

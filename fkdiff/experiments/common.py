@@ -33,6 +33,18 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> Non
   train_and_evaluate(config, workdir)
 
 
+def time_consistent_distill(distill: ml_collections.ConfigDict,
+                            consistent: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A job's distillation settings ``distill`` with its ``consistent`` energy source's overrides:
+  the time-score term's ``time_*`` keys (METHOD.md §3b) and ``num_steps``."""
+  c = ml_collections.ConfigDict(distill.to_dict())
+  for key in ("time_weight", "time_target", "time_probes"):
+    if key in consistent:
+      c.distill[key] = consistent[key]
+  c.training.num_steps = consistent.num_steps
+  return c
+
+
 def start_job(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Creates ``workdir`` (made absolute) and writes the resolved ``config.json``; returns it."""
   workdir = os.path.abspath(workdir)

@@ -137,7 +137,7 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
                          f"{sorted(reference[section])}.")
   validate_config(config.teacher)
   validate_config(config.distill)
-  validate_config(_consistent_distill(config))
+  validate_config(common.time_consistent_distill(config.distill, config.consistent))
   for kind, names, valid in (("task", config.tasks, TASKS),
                              ("energy source", config.energies, SOURCES),
                              ("consistent method", config.consistent.methods, SMC_METHODS),
@@ -206,21 +206,13 @@ def stage_config(base: ml_collections.ConfigDict, task: str, model: str, data_di
   return c
 
 
-def _consistent_distill(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """``config.distill`` with the ``consistent`` source's overrides (the time-score term)."""
-  c = ml_collections.ConfigDict(config.distill.to_dict())
-  tc = config.consistent
-  c.distill.time_weight, c.distill.time_target = tc.time_weight, tc.time_target
-  c.distill.time_probes, c.training.num_steps = tc.time_probes, tc.num_steps
-  return c
-
-
 def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Dict[str, str]]:
   """Runs (or reuses) both teachers and the distillations of every source in ``config.energies``;
   returns ``{source: {model: energy workdir}}`` (``energies/`` for ``learned``,
   ``energies_consistent/`` for ``consistent``)."""
   stages = {"learned": ("energies", config.distill),
-            "consistent": ("energies_consistent", _consistent_distill(config))}
+            "consistent": ("energies_consistent",
+                           common.time_consistent_distill(config.distill, config.consistent))}
   out = {source: {} for source in config.energies}
   for name in MODELS:
     t_dir = os.path.join(workdir, "teachers", name)

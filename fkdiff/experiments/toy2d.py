@@ -108,7 +108,7 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
                          f"{sorted(reference[section])}.")
   validate_config(config.teacher)
   validate_config(config.distill)
-  validate_config(_consistent_distill(config))
+  validate_config(common.time_consistent_distill(config.distill, config.consistent))
   for kind, names, valid in (("task", config.tasks, TASKS), ("method", config.methods, METHODS),
                              ("consistent method", config.consistent.methods, METHODS),
                              ("energy source", config.energies, SOURCES)):
@@ -145,15 +145,6 @@ def _stage_config(base: ml_collections.ConfigDict, task: str, dataset, teacher_w
   return c
 
 
-def _consistent_distill(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """``config.distill`` with the ``consistent`` source's overrides (the time-score term)."""
-  c = ml_collections.ConfigDict(config.distill.to_dict())
-  tc = config.consistent
-  c.distill.time_weight, c.distill.time_target = tc.time_weight, tc.time_target
-  c.training.num_steps = tc.num_steps
-  return c
-
-
 def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Dict[str, str]]:
   """Runs (or reuses) the teacher and distillation stages of the distilled sources in
   ``config.energies``; returns ``{source: {model name: energy workdir}}``.
@@ -162,7 +153,8 @@ def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, D
   ``energies_consistent/<name>``; both distil the same teacher ``teachers/<name>``.
   """
   stages = {"learned": ("energies", config.distill),
-            "consistent": ("energies_consistent", _consistent_distill(config))}
+            "consistent": ("energies_consistent",
+                           common.time_consistent_distill(config.distill, config.consistent))}
   sources = [s for s in DISTILLED if s in config.energies]
   out = {s: {} for s in sources}
   for name in _needed_models(config) if sources else ():
