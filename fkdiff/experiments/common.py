@@ -33,6 +33,21 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> Non
   train_and_evaluate(config, workdir)
 
 
+def check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
+                     job: str, sections: Sequence[str]) -> None:
+  """A ``ValueError`` naming the first key of ``config`` (top level, or inside one of
+  ``sections``) that ``reference`` (the job's full schema) does not have."""
+  for key in config.keys():
+    if key not in reference:
+      raise ValueError(f"Unknown config key '{key}' for the {job} job; valid: "
+                       f"{sorted(reference)}.")
+  for section in sections:
+    for key in config[section].keys():
+      if key not in reference[section]:
+        raise ValueError(f"Unknown config key '{section}.{key}'; valid: "
+                         f"{sorted(reference[section])}.")
+
+
 def time_consistent_distill(distill: ml_collections.ConfigDict,
                             consistent: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A job's distillation settings ``distill`` with its ``consistent`` energy source's overrides:

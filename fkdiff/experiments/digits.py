@@ -124,17 +124,9 @@ def job_config() -> ml_collections.ConfigDict:
 
 def validate_job_config(config: ml_collections.ConfigDict) -> None:
   """Unknown keys, tasks, methods or classes: a ``ValueError`` naming them."""
-  reference = job_config()
-  for key in config.keys():
-    if key not in reference:
-      raise ValueError(f"Unknown config key '{key}' for the digits job; valid: "
-                       f"{sorted(reference)}.")
-  for section in ("low_temperature", "conjunction", "consistent", "sampler", "classifier",
-                  "eval"):
-    for key in config[section].keys():
-      if key not in reference[section]:
-        raise ValueError(f"Unknown config key '{section}.{key}'; valid: "
-                         f"{sorted(reference[section])}.")
+  common.check_known_keys(config, job_config(), "digits", ("low_temperature", "conjunction",
+                                                          "consistent", "sampler", "classifier",
+                                                          "eval"))
   validate_config(config.teacher)
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))

@@ -97,15 +97,8 @@ def job_config() -> ml_collections.ConfigDict:
 
 def validate_job_config(config: ml_collections.ConfigDict) -> None:
   """Unknown keys, task, method or energy names: a ``ValueError`` naming them."""
-  reference = job_config()
-  for key in config.keys():
-    if key not in reference:
-      raise ValueError(f"Unknown config key '{key}' for the toy2d job; valid: {sorted(reference)}.")
-  for section in ("product", "low_temperature", "consistent", "sampler", "eval"):
-    for key in config[section].keys():
-      if key not in reference[section]:
-        raise ValueError(f"Unknown config key '{section}.{key}'; valid: "
-                         f"{sorted(reference[section])}.")
+  common.check_known_keys(config, job_config(), "toy2d",
+                          ("product", "low_temperature", "consistent", "sampler", "eval"))
   validate_config(config.teacher)
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
