@@ -13,14 +13,12 @@ the exact energy at σ ∈ eval.time_sigmas, and the score error; then the done-
 """
 
 import argparse
-import functools
 import json
 import os
 
 import jax
 
 from fkdiff import runs
-from fkdiff.evaluation import toy_metrics
 from fkdiff.training import train
 
 SOURCES = (("plain", "energies"), ("consistent", "energies_consistent"))
@@ -31,10 +29,9 @@ def diagnostics(stage_dir: str) -> dict:
   run = runs.load(stage_dir)
   config, params = run.config, run.params
   trainer = train.make_trainer(config)
-  score = toy_metrics.relative_score_error(
-      toy_metrics.score_from_denoiser(functools.partial(trainer.task.denoise_fn, params)),
-      trainer.data.mixture, config.eval.score_sigma, jax.random.key(config.seed + 1))
-  return {"score_rel_error": float(score),
+  key_score = jax.random.split(jax.random.key(config.seed + 1))[1]   # train.evaluate's key
+  return {"score_rel_error": train.score_error(trainer.task, trainer.data, params, config,
+                                               key_score),
           **train.time_diagnostics(trainer.task, trainer.data, params, config)}
 
 

@@ -107,15 +107,22 @@ def run_sigma_data(workdir: str, config: Optional[ml_collections.ConfigDict] = N
   return data_sigma_data(teacher.data)
 
 
+def energy_model(config: ml_collections.ConfigDict, sigma_data: float,
+                 remat: bool = False) -> models.EnergyModel:
+  """The :class:`~fkdiff.models.EnergyModel` of an energy run's config (``remat``: recompute the
+  backbone's activations in the backward pass, a training-memory setting)."""
+  return models.EnergyModel(models.get_backbone(config.model), sigma_data,
+                            config.energy.parameterization, remat=remat)
+
+
 def network_fns(config: ml_collections.ConfigDict,
                 sigma_data: float) -> Tuple[Callable, Optional[Callable]]:
   """``(denoise_fn, energy_fn)`` of a run's config (see :class:`Run`; ``energy_fn`` is ``None``
   for a teacher). Deterministic: dropout is off unless a caller passes a ``dropout_key``."""
-  backbone = models.get_backbone(config.model)
   if config.task in TEACHER_TASKS:
-    return models.make_denoiser(backbone, sigma_data), None
+    return models.make_denoiser(models.get_backbone(config.model), sigma_data), None
   if config.task in ENERGY_TASKS:
-    model = models.EnergyModel(backbone, sigma_data, config.energy.parameterization)
+    model = energy_model(config, sigma_data)
 
     def energy_fn(params, x, sigma, label=None):
       return models.energy.energy(model, params, x, sigma, label)

@@ -106,8 +106,7 @@ def teacher_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
 
 def _energy_model(config: ml_collections.ConfigDict, sigma_data: float):
   """The energy model of ``config`` and its per-example energy and denoiser functions."""
-  model = models.EnergyModel(models.get_backbone(config.model), sigma_data,
-                             config.energy.parameterization, remat=config.energy.remat)
+  model = runs.energy_model(config, sigma_data, remat=config.energy.remat)
   energy_fn = functools.partial(models.energy.energy, model)
   denoise = functools.partial(models.energy.denoiser, model)
   return model, energy_fn, denoise

@@ -274,14 +274,21 @@ def evaluate(task: Task, data: DataSource, params, config, workdir: str, step: i
   _save_samples(task, data, params, config, workdir, step, samples)
   results = {"step": step}
   if data.mixture is not None:
-    score_error = jax.jit(lambda p, k: toy_metrics.relative_score_error(
-        toy_metrics.score_from_denoiser(functools.partial(task.denoise_fn, p)), data.mixture,
-        config.eval.score_sigma, k), compiler_options=_compiler_options(config))
-    results["score_rel_error"] = float(score_error(params, key_score))
+    results["score_rel_error"] = score_error(task, data, params, config, key_score)
     results.update(toy_metrics.mode_mass_metrics(data.mixture, samples))
     if task.energy_fn is not None and config.eval.get("time_diagnostics", True):
       results.update(time_diagnostics(task, data, params, config))
   return results
+
+
+def score_error(task: Task, data: DataSource, params, config, key: jax.Array) -> float:
+  """Relative error of a toy run's score to the exact one at ``eval.score_sigma``
+  (:func:`fkdiff.evaluation.toy_metrics.relative_score_error`)."""
+  from fkdiff.evaluation import toy_metrics
+  run = jax.jit(lambda p, k: toy_metrics.relative_score_error(
+      toy_metrics.score_from_denoiser(functools.partial(task.denoise_fn, p)), data.mixture,
+      config.eval.score_sigma, k), compiler_options=_compiler_options(config))
+  return float(run(params, key))
 
 
 def time_diagnostics(task: Task, data: DataSource, params, config) -> dict:
