@@ -22,9 +22,15 @@ turn), so load on a shared machine hits all contenders alike; the ratios are the
    default 1: on a loaded 2-core machine its two OpenMP threads ran ~50× slower). Mode-mass TV
    (``fkdiff.evaluation.toy_metrics``) against exact region masses from a grid, so the speeds
    compare equally correct answers.
-3. SMC / plain reverse diffusion (Euler–Maruyama) with a neural energy: the toy MLP energy
+2b. profile: where a level's time goes at the largest ``--smc-sizes`` N, fkdiff vs the PyTorch
+   loop: the SMC level, the plain reverse level (the proposal alone), their difference (the
+   SMC's own work), one energy + gradient call, the fixed cost of a level (N = 64), and
+   ``torch.profiler``'s operator table for one PyTorch run.
+3. SMC / plain reverse diffusion (Euler–Maruyama) with the same energy: the toy MLP energy
    (``EnergyModel(MLP(128, 3))``, random weights: timing only), N = 4,096, 100 steps; the
-   closed-form row of ``benchmarks/smc.py`` (its energy and samplers) as the worst case.
+   shipped digits U-Net energy (``colabs/digits_demo``, one class), N = 256, the digits job's 32
+   levels σ 80 → 0.002; the closed-form row of ``benchmarks/smc.py`` (its energy and samplers)
+   as the worst case.
 4. The energy's value + gradient vs one teacher NFE (EDM denoiser forward) on the toy MLP,
    4,096 points: time, and XLA's compiled cost analysis (flops, bytes) of each.
 """
@@ -50,6 +56,8 @@ from fkdiff.models import MLP, EnergyModel, energy as energy_lib, make_denoiser 
 from fkdiff.sampling import (ExactRatio, Resampling, ScoreOnly, product, resampling,  # noqa: E402
                              smc_sample)
 
+DIGITS_ENERGY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "colabs", "digits_demo", "energies", "class")
 SCHEMES = ("systematic", "stratified", "multinomial", "residual")
 SIGMA_DATA, SCALE = 1.0, 2.0          # the product of two energies records scale 2
 
@@ -194,14 +202,11 @@ def blackjax_smc(target, sigmas, n):
   return jax.jit(run)
 
 
-def torch_smc(ring, bar, sigmas, n):
-  """The same SMC as a PyTorch loop over levels (FK-steering / FKC style): vectorised over
-  particles, ``torch.autograd.grad`` for ∇U, the ESS decision on the host, systematic
-  resampling with ``torch.searchsorted``; returns ``run(seed) -> (N, 2)`` numpy samples."""
+def torch_energy_and_grad(ring, bar):
+  """PyTorch ``(x (N, 2), σ) -> (U (N,), ∇U (N, 2))`` of the diffused product ring × bar."""
   import torch
   mixtures = [tuple(torch.tensor(a, dtype=torch.float32) for a in _diagonal(m))
               for m in (ring, bar)]
-  sig = [float(s) for s in np.asarray(sigmas)]
 
   def energy(x, sigma):
     total = 0.0
@@ -217,6 +222,16 @@ def torch_smc(ring, bar, sigmas, n):
       u = energy(x, sigma)
       (g,) = torch.autograd.grad(u.sum(), x)
     return u.detach(), g
+  return energy_and_grad
+
+
+def torch_smc(ring, bar, sigmas, n):
+  """The same SMC as a PyTorch loop over levels (FK-steering / FKC style): vectorised over
+  particles, ``torch.autograd.grad`` for ∇U, the ESS decision on the host, systematic
+  resampling with ``torch.searchsorted``; returns ``run(seed) -> (N, 2)`` numpy samples."""
+  import torch
+  sig = [float(s) for s in np.asarray(sigmas)]
+  energy_and_grad = torch_energy_and_grad(ring, bar)
 
   def systematic(log_w):
     cdf = torch.cumsum(torch.softmax(log_w, 0), 0)
@@ -243,6 +258,24 @@ def torch_smc(ring, bar, sigmas, n):
           + 0.5 * ((x_new - mean)**2).sum(1) / var
       x, u, g = x_new, u_new, g_new
     return x[systematic(log_w)].numpy()
+  return run
+
+
+def torch_reverse(ring, bar, sigmas, n):
+  """Plain reverse diffusion (Euler–Maruyama with the score −∇U, the SMC's proposal without
+  weights) as the same PyTorch loop; returns ``run(seed) -> (N, 2)`` numpy samples."""
+  import torch
+  sig = [float(s) for s in np.asarray(sigmas)]
+  energy_and_grad = torch_energy_and_grad(ring, bar)
+
+  @torch.no_grad()
+  def run(seed):
+    torch.manual_seed(seed)
+    x = math.sqrt(sig[0]**2 + SIGMA_DATA**2) * torch.randn(n, 2)
+    for s, s_next in zip(sig[:-1], sig[1:]):
+      _, g = energy_and_grad(x, s)
+      x = x - (s**2 - s_next**2) * g + math.sqrt(s**2 - s_next**2) * torch.randn_like(x)
+    return x.numpy()
   return run
 
 
@@ -281,6 +314,55 @@ def smc_section(reps: int, sizes, torch_threads: int) -> None:
             f"{tv.std():.4f} | {best[name] / best['fkdiff']:.2f}× |", flush=True)
 
 
+def profile_section(reps: int, n: int, torch_threads: int) -> None:
+  """Where a level's time goes at N particles, fkdiff vs the PyTorch loop: the SMC level (a run's
+  time / levels), the plain reverse level (the proposal alone), their difference, one call of the
+  energy + gradient, the fixed cost of a level (the SMC at N = 64), and PyTorch's own profiler on
+  one SMC run."""
+  import torch
+  from torch.profiler import ProfilerActivity, profile
+  torch.set_num_threads(torch_threads)
+  sigmas = karras_sigmas(100, 0.01, 10.0, 7.0)
+  levels = sigmas.shape[0] - 1
+  ring, bar, target, _, _ = product_task(0.01)
+  x = 2.0 * jax.random.normal(jax.random.key(0), (n, 2))
+  x_torch = torch.tensor(np.asarray(x))
+  jax_vg = jax.jit(jax.vmap(jax.value_and_grad(target), in_axes=(0, None)))
+  torch_vg = torch_energy_and_grad(ring, bar)
+  fns = {"fkdiff SMC": fkdiff_smc(target, sigmas, n, 0.5),
+         "fkdiff SMC, N = 64": fkdiff_smc(target, sigmas, 64, 0.5),
+         "fkdiff reverse": smc_bench.reverse_fn(target, sigmas, n, 2, SIGMA_DATA),
+         "fkdiff energy + gradient": lambda s: jax_vg(x, s),
+         "PyTorch SMC": torch_smc(ring, bar, sigmas, n),
+         "PyTorch SMC, N = 64": torch_smc(ring, bar, sigmas, 64),
+         "PyTorch reverse": torch_reverse(ring, bar, sigmas, n),
+         "PyTorch energy + gradient": lambda s: torch_vg(x_torch, s)}
+  runs = ("SMC", "reverse")
+  args_of = lambda name, r: (((jax.random.key(r + 100),) if name.startswith("fkdiff") else
+                              (r + 100,)) if any(k in name for k in runs) else (0.5,))
+  t = interleaved_best(fns, args_of, reps)
+  ms = {k: 1e3 * (v / levels if any(r in k for r in runs) else v) for k, v in t.items()}
+  print(f"\n## 2b. Where a level's time goes, N = {n}, product ring × bar, exact-ratio weights, "
+        f"{levels} levels (best of {reps} interleaved rounds; ms per level)")
+  print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+  print("| part | fkdiff (ms) | PyTorch (ms) | PyTorch / fkdiff |\n|---|---|---|---|")
+  parts = {"SMC level (run time / levels)": lambda lib: ms[f"{lib} SMC"],
+           "plain reverse level (the proposal alone: energy gradient + Gaussian step)":
+           lambda lib: ms[f"{lib} reverse"],
+           "SMC's own work (SMC − reverse: value, weights, ESS, resampling)":
+           lambda lib: ms[f"{lib} SMC"] - ms[f"{lib} reverse"],
+           "energy + gradient of the product at N, one call": lambda lib: ms[f"{lib} energy + gradient"],
+           "fixed cost of a level (SMC at N = 64 / levels)": lambda lib: ms[f"{lib} SMC, N = 64"]}
+  for label, part in parts.items():
+    f, p = part("fkdiff"), part("PyTorch")
+    print(f"| {label} | {f:.2f} | {p:.2f} | {p / f:.2f}× |")
+  with profile(activities=[ProfilerActivity.CPU]) as prof:
+    fns["PyTorch SMC"](7)
+  print(f"\nPyTorch profiler, one run at N = {n} (top operators by self CPU time):\n```")
+  print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+  print("```")
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. SMC overhead with a neural energy.
 
@@ -292,25 +374,36 @@ def neural_energy(width=128, depth=3, sigma_data=1.0, seed=0):
   return energy_lib.bind(model, params)
 
 
+def digits_energy(workdir: str = DIGITS_ENERGY, label: int = 3):
+  """The shipped digits U-Net energy (``colabs/digits_demo``) on one class: ``(energy_fn(x, σ),
+  σ_d, event shape)``."""
+  import fkdiff
+  energy_fn, params, sigma_data = fkdiff.load_energy(workdir)
+  return (lambda x, s: energy_fn(params, x, s, label)), sigma_data, (8, 8, 1)
+
+
 def overhead_section(reps: int) -> None:
-  steps, n, dim = 100, 4096, 2
-  sigmas = karras_sigmas(steps, smc_bench.SIGMA_MIN, smc_bench.SIGMA_MAX)
-  energies = {"closed-form 8-mode mixture (benchmarks/smc.py)":
-              smc_bench.make_energy(smc_bench.make_means(dim)),
-              "toy MLP energy (width 128, depth 3)": neural_energy()}
-  print(f"\n## 3. SMC / plain reverse diffusion, N = {n}, d = {dim}, {steps} steps "
-        f"(best of {reps} interleaved rounds)")
-  print("| energy | reverse (ms) | SMC score-only (ms) | ratio | SMC exact-ratio (ms) | ratio |\n"
-        "|---|---|---|---|---|---|")
-  for label, energy in energies.items():
-    fns = {"reverse": smc_bench.reverse_fn(energy, sigmas, n, dim),
-           "score": smc_bench.smc_fn(energy, sigmas, n, dim, ScoreOnly()),
-           "exact": smc_bench.smc_fn(energy, sigmas, n, dim, ExactRatio())}
+  rows = {"closed-form 8-mode mixture (benchmarks/smc.py)":
+          (smc_bench.make_energy(smc_bench.make_means(2)), 1.0, 2, 4096,
+           karras_sigmas(100, smc_bench.SIGMA_MIN, smc_bench.SIGMA_MAX)),
+          "toy MLP energy (width 128, depth 3)":
+          (neural_energy(), 1.0, 2, 4096,
+           karras_sigmas(100, smc_bench.SIGMA_MIN, smc_bench.SIGMA_MAX)),
+          "digits U-Net energy (colabs/digits_demo, 8×8)":
+          (*digits_energy(), 256, karras_sigmas(32, 0.002, 80.0))}
+  print(f"\n## 3. SMC / plain reverse diffusion with the same energy (best of {reps} "
+        "interleaved rounds)")
+  print("| energy | N | levels | reverse (ms) | SMC score-only (ms) | ratio | SMC exact-ratio (ms) "
+        "| ratio |\n|---|---|---|---|---|---|---|---|")
+  for label, (energy, sigma_data, shape, n, sigmas) in rows.items():
+    fns = {"reverse": smc_bench.reverse_fn(energy, sigmas, n, shape, sigma_data),
+           "score": smc_bench.smc_fn(energy, sigmas, n, shape, ScoreOnly(), sigma_data),
+           "exact": smc_bench.smc_fn(energy, sigmas, n, shape, ExactRatio(), sigma_data)}
     t = interleaved_best(fns, lambda name, r: (jax.random.key(r + 1),), reps)
-    print(f"| {label} | {1e3 * t['reverse']:.1f} | {1e3 * t['score']:.1f} | "
-          f"{t['score'] / t['reverse']:.3f}× | {1e3 * t['exact']:.1f} | "
+    print(f"| {label} | {n} | {sigmas.shape[0]} | {1e3 * t['reverse']:.1f} | "
+          f"{1e3 * t['score']:.1f} | {t['score'] / t['reverse']:.3f}× | {1e3 * t['exact']:.1f} | "
           f"{t['exact'] / t['reverse']:.3f}× |", flush=True)
-  print("(goal ≤ 1.05× with the neural energy; the closed-form row is the worst case)")
+  print("(goal ≤ 1.05× with the neural energies; the closed-form row is the worst case)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +450,7 @@ def nfe_section(reps: int) -> None:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--sections", default="resampling,smc,overhead,nfe")
+  parser.add_argument("--sections", default="resampling,smc,profile,overhead,nfe")
   parser.add_argument("--reps", type=int, default=5, help="interleaved rounds (best of)")
   parser.add_argument("--smc-sizes", default="4096,65536")
   parser.add_argument("--torch-threads", type=int, default=1,
@@ -375,6 +468,8 @@ def main():
   if "smc" in sections:
     smc_section(max(args.reps - 2, 2), [int(s) for s in args.smc_sizes.split(",")],
                 args.torch_threads)
+  if "profile" in sections:
+    profile_section(args.reps, int(args.smc_sizes.split(",")[-1]), args.torch_threads)
   if "overhead" in sections:
     overhead_section(args.reps)
   if "nfe" in sections:

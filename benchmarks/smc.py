@@ -57,18 +57,25 @@ def timeit(fn, *args, reps=5):
   return float(np.median(times))
 
 
-def smc_fn(energy, sigmas, n, dim, weights=ExactRatio()):
-  return jax.jit(lambda k: smc_sample(k, energy, sigmas, n, (dim,), sigma_data=1.0,
+def _shape(dim):
+  return (dim,) if isinstance(dim, int) else tuple(dim)
+
+
+def smc_fn(energy, sigmas, n, dim, weights=ExactRatio(), sigma_data=1.0):
+  """Jitted ``key -> (n, *shape)`` SMC particles; ``dim`` is d or an event shape."""
+  return jax.jit(lambda k: smc_sample(k, energy, sigmas, n, _shape(dim), sigma_data=sigma_data,
                                       weights=weights).particles)
 
 
-def reverse_fn(energy, sigmas, n, dim):
+def reverse_fn(energy, sigmas, n, dim, sigma_data=1.0):
+  """Jitted ``key -> (n, *shape)`` Euler–Maruyama reverse diffusion with the score −∇E."""
   grad = jax.grad(energy)
   score = lambda x, s: -grad(x, s)
 
   def run(k):
     k1, k2 = jax.random.split(k)
-    return euler_maruyama_sample(k2, score, prior_sample(k1, n, (dim,), SIGMA_MAX, 1.0), sigmas)
+    x = prior_sample(k1, n, _shape(dim), sigmas[0], sigma_data)
+    return euler_maruyama_sample(k2, score, x, sigmas)
   return jax.jit(run)
 
 

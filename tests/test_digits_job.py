@@ -332,3 +332,19 @@ def test_the_shipped_demo_models_are_the_demo_config_and_load():
     assert np.isfinite(float(value)) and np.all(np.isfinite(score))
   judge = digits.classifier_lib.load(os.path.join(demo, "classifier"), np.zeros((1, 8, 8, 1)))
   assert judge.test_accuracy > 0.9
+
+
+def test_an_earlier_runs_config_reads_as_a_valid_config_of_this_version():
+  """The demo's config.json predates keys this version added (the distillation's time term, the
+  ``consistent`` source): read_run_config keeps every saved value and fills the new keys with
+  defaults, so the sampling scripts validate it."""
+  demo = os.path.join(ROOT, "colabs", "digits_demo")
+  config = digits.read_run_config(demo)
+  digits.validate_job_config(config)
+  with open(os.path.join(demo, "config.json")) as f:
+    shipped = json.load(f)
+  for section in ("teacher", "distill"):
+    for key in ("model", "energy", "diffusion", "optim", "data", "training"):
+      assert json.loads(config[section].to_json())[key] == shipped[section][key], (section, key)
+  assert "distill" not in shipped["distill"] and config.distill.distill.time_weight == 0.0
+  assert config.sampler.num_steps == shipped["sampler"]["num_steps"]

@@ -158,6 +158,20 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
                      f"0 <= σ_lo < σ_hi, got {window}.")
 
 
+def _merge_saved(config: ml_collections.ConfigDict, saved: dict) -> None:
+  """Sets ``config``'s keys (recursively) to ``saved``'s values where both have the key: new keys
+  keep this version's defaults, keys this version dropped are ignored, lists become tuples, and
+  a free-form section (empty by default, e.g. ``mixture_kwargs``) takes the saved dict whole."""
+  for key, value in saved.items():
+    if key not in config:
+      continue
+    if isinstance(value, dict) and isinstance(config[key], ml_collections.ConfigDict) and len(
+        config[key]):
+      _merge_saved(config[key], value)
+    else:
+      config[key] = tuple(value) if isinstance(value, list) else value
+
+
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   """A finished run's ``config.json`` on this version's keys: its values where the key still
   exists, the defaults of :func:`job_config` for new keys, and methods this version no longer
@@ -166,14 +180,7 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
   config = job_config()
-  as_value = lambda v: tuple(v) if isinstance(v, list) else v
-  for key, value in saved.items():
-    if key in ("teacher", "distill"):
-      config[key] = ml_collections.ConfigDict(value)
-    elif isinstance(value, dict) and key in config:
-      config[key].update({k: as_value(v) for k, v in value.items() if k in config[key]})
-    elif key in config:
-      config[key] = as_value(value)
+  _merge_saved(config, saved)
   for section, valid in (("low_temperature", LOW_TEMPERATURE_METHODS),
                          ("conjunction", AND_METHODS)):
     if any(m not in valid for m in config[section].methods):
