@@ -9,7 +9,8 @@ evaluates the stage's EMA parameters exactly as the stage's own evaluation does
 (``fkdiff.training.train.time_diagnostics`` and the relative score error at ``eval.score_sigma``,
 same keys), so runs trained before the diagnostics existed are measured too. Prints one row per
 model × source: the heat residual's spread between modes and the inter-mode level error against
-the exact energy at σ ∈ eval.time_sigmas, and the score error; then the done-when ratios.
+the exact energy at σ ∈ eval.time_sigmas, and the score error (the stage evaluation's figure,
+and at five σ over four keys); then the done-when ratios.
 """
 
 import argparse
@@ -17,6 +18,7 @@ import json
 import os
 
 import jax
+import ml_collections
 
 from fkdiff import runs
 from fkdiff.training import train
@@ -24,15 +26,28 @@ from fkdiff.training import train
 SOURCES = (("plain", "energies"), ("consistent", "energies_consistent"))
 
 
+SCORE_SIGMAS = (0.05, 0.1, 0.2, 0.5, 1.0)
+SCORE_KEYS = 4
+
+
 def diagnostics(stage_dir: str) -> dict:
-  """The score error and time diagnostics of a finished toy energy stage (its EMA parameters)."""
+  """The score error and time diagnostics of a finished toy energy stage (its EMA parameters):
+  ``score_rel_error`` at ``eval.score_sigma`` with the stage evaluation's key, and
+  ``score_rel_error/sigma_<σ>`` at each σ of :data:`SCORE_SIGMAS`, averaged over
+  :data:`SCORE_KEYS` keys of 4,096 points (the single-key figure moves by several percent)."""
   run = runs.load(stage_dir)
   config, params = run.config, run.params
   trainer = train.make_trainer(config)
   key_score = jax.random.split(jax.random.key(config.seed + 1))[1]   # train.evaluate's key
-  return {"score_rel_error": train.score_error(trainer.task, trainer.data, params, config,
-                                               key_score),
-          **train.time_diagnostics(trainer.task, trainer.data, params, config)}
+  out = {"score_rel_error": train.score_error(trainer.task, trainer.data, params, config,
+                                              key_score)}
+  for sigma in SCORE_SIGMAS:
+    at = ml_collections.ConfigDict(config.to_dict())
+    at.eval.score_sigma = sigma
+    out[f"score_rel_error/sigma_{sigma:g}"] = sum(
+        train.score_error(trainer.task, trainer.data, params, at, jax.random.key(100 + k))
+        for k in range(SCORE_KEYS)) / SCORE_KEYS
+  return {**out, **train.time_diagnostics(trainer.task, trainer.data, params, config)}
 
 
 def main():
@@ -43,24 +58,28 @@ def main():
   rows = {(m, s): diagnostics(os.path.join(args.workdir, folder, m))
           for m in models for s, folder in SOURCES
           if os.path.isdir(os.path.join(args.workdir, folder, m))}
-  sigmas = sorted({k.split("sigma_")[1] for r in rows.values() for k in r if "sigma_" in k},
-                  key=float)
+  sigmas = sorted({k.split("sigma_")[1] for r in rows.values() for k in r
+                   if k.startswith("level_error/sigma_")}, key=float)
   print("| model | source | r_E mode spread σ = " + " / ".join(sigmas)
-        + " | level error (nats) | score error |")
-  print("|---|---|---|---|---|")
+        + " | level error (nats) | score error (eval key) | score error σ = "
+        + " / ".join(f"{x:g}" for x in SCORE_SIGMAS) + f" ({SCORE_KEYS} keys) |")
+  print("|---|---|---|---|---|---|")
   for (m, s), r in rows.items():
     spread = " / ".join(f"{r[f'heat_residual_mode_spread/sigma_{x}']:.3g}" for x in sigmas)
     level = " / ".join(f"{r[f'level_error/sigma_{x}']:.3f}" for x in sigmas)
-    print(f"| {m} | {s} | {spread} | {level} | {r['score_rel_error']:.4f} |")
+    score = " / ".join(f"{r[f'score_rel_error/sigma_{x:g}']:.4f}" for x in SCORE_SIGMAS)
+    print(f"| {m} | {s} | {spread} | {level} | {r['score_rel_error']:.4f} | {score} |")
   for m in models:
     if (m, "plain") in rows and (m, "consistent") in rows:
       p, c = rows[m, "plain"], rows[m, "consistent"]
       down = [p[f"heat_residual_mode_spread/sigma_{x}"] / c[f"heat_residual_mode_spread/sigma_{x}"]
               for x in sigmas if float(x) <= 0.1]
       worst = max(c[f"level_error/sigma_{x}"] for x in sigmas)
+      ratio = lambda key: c[key] / p[key] - 1
+      per_sigma = ", ".join(f"{ratio(f'score_rel_error/sigma_{x:g}'):+.0%}" for x in SCORE_SIGMAS)
       print(f"{m}: spread at σ ≤ 0.1 down {min(down):.0f}× (worst), level error max "
-            f"{worst:.3f} nats, score error {c['score_rel_error'] / p['score_rel_error'] - 1:+.0%}"
-            " vs plain")
+            f"{worst:.3f} nats, score error vs plain {ratio('score_rel_error'):+.0%} (eval key), "
+            f"{per_sigma} at σ = {', '.join(f'{x:g}' for x in SCORE_SIGMAS)} ({SCORE_KEYS} keys)")
   print(json.dumps({f"{m}/{s}": r for (m, s), r in rows.items()}))
 
 

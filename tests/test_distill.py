@@ -233,6 +233,39 @@ def test_remat_blocks_is_not_an_architecture_change(tmp_path):
     checkpoint.check_compatible(str(tmp_path), student)
 
 
+def tiny_distill_config(teacher_workdir):
+  c = tiny_teacher_config()
+  c.task = "distill"
+  c.teacher.workdir = teacher_workdir
+  return c
+
+
+def test_a_stage_trained_towards_another_objective_is_not_reused(tmp_path):
+  """checkpoint.check_same_objective (what the jobs run before reusing a stage): a changed loss,
+  data or optimiser setting raises and names the key; moved paths, a longer run and keys the
+  saved run predates do not."""
+  import json
+  from fkdiff.training import checkpoint
+  saved = tiny_distill_config(str(tmp_path / "teacher"))
+  saved.data.sigma_data = 1.07             # as recorded: the σ_d resolved at training time
+  checkpoint.write_config(str(tmp_path), saved)
+  same = tiny_distill_config(str(tmp_path / "elsewhere"))          # the teacher moved
+  same.training.num_steps += 10                                     # a longer run
+  assert same.data.sigma_data == 0                                  # "resolve it"
+  checkpoint.check_same_objective(str(tmp_path), same)
+  for key, value in (("distill.time_weight", 0.3), ("optim.learning_rate", 1.0),
+                     ("data.mixture", "bar"), ("data.sigma_data", 2.0), ("seed", 7)):
+    other = tiny_distill_config(str(tmp_path / "teacher"))
+    section, _, name = key.rpartition(".")
+    (other[section] if section else other)[name] = value
+    with pytest.raises(checkpoint.CheckpointError, match=key.replace(".", r"\.")):
+      checkpoint.check_same_objective(str(tmp_path), other)
+  older = json.loads(saved.to_json())
+  del older["distill"]["time_weight"]                               # written before the key
+  (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(older))
+  checkpoint.check_same_objective(str(tmp_path), tiny_distill_config(str(tmp_path / "teacher")))
+
+
 def _teacher_run(workdir, config, params, drop_keys=()):
   """A finished teacher run in ``workdir``: its ``config.json`` (without the dotted ``drop_keys``,
   as written before they existed) and a checkpoint of ``params`` (also as the EMA)."""

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import ROOT
 from fkdiff.experiments import toy2d
+from fkdiff.training import checkpoint
 from fkdiff.training.config import config_module
 
 
@@ -47,6 +48,10 @@ def test_smoke_pipeline_writes_every_entry_and_reuses_stages(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "Stage teacher/unequal: finished at step 60" in out and "reusing" in out
   assert "training in" not in out
+  # ... but not a stage trained towards another objective: a changed time-term weight raises.
+  config.consistent.time_weight *= 2
+  with pytest.raises(checkpoint.CheckpointError, match="distill.time_weight"):
+    toy2d.run(config, str(tmp_path))
 
 
 @pytest.mark.slow   # the whole job on exact energies

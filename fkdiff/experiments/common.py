@@ -15,11 +15,14 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> Non
   """Trains ``config`` in ``workdir`` unless a checkpoint of its final step is already there.
 
   An unfinished stage resumes from its last checkpoint (``train_and_evaluate``); a workdir whose
-  run has a different architecture raises (``checkpoint.check_compatible``).
+  run has a different architecture (``checkpoint.check_compatible``) or was trained towards a
+  different objective (``checkpoint.check_same_objective``: data, loss, teacher, optimiser, seed)
+  raises instead of being reused.
   """
   from fkdiff.training import train_and_evaluate
   if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
     checkpoint.check_compatible(workdir, config)
+    checkpoint.check_same_objective(workdir, config)
     try:
       _, _, step = checkpoint.load_run(workdir)
     except checkpoint.CheckpointError:

@@ -66,7 +66,7 @@ def job_config() -> ml_collections.ConfigDict:
   # The 'consistent' energy source: time-consistent distillation (METHOD.md §3) with c.distill's
   # settings and these overrides, from the same teachers (fkdiff.losses.distill.time_score_loss).
   c.consistent = ml_collections.ConfigDict()
-  c.consistent.time_weight = 0.3
+  c.consistent.time_weight = 0.1
   c.consistent.time_target = "teacher"
   c.consistent.num_steps = 6000
   c.consistent.methods = SMC_METHODS            # the methods run on it (the others ignore levels).

@@ -88,6 +88,34 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
         "Use a fresh --workdir, or restore the original settings to resume that run.")
 
 
+# What a stage trains towards besides its architecture: a job reusing a stage's checkpoint must
+# have asked for the same objective. Paths may move; a key the saved run lacks (written before
+# the key existed) is not compared.
+_OBJECTIVE_KEYS = ("seed", "data", "diffusion", "distill", "teacher", "optim")
+_PATH_KEYS = ("teacher.workdir", "data.data_dir", "data.image_dir")
+# Keys whose 0 means "resolved at training time" (train.recorded_config writes the value used).
+_RESOLVED_KEYS = ("data.sigma_data",)
+
+
+def check_same_objective(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises ``CheckpointError`` if ``workdir`` holds a run trained with other data, diffusion,
+  loss, teacher settings, optimiser or seed than ``config`` asks for (not its length)."""
+  saved = read_config(workdir)
+  if saved is None:
+    return
+  old = dict(_flat(json.loads(saved.to_json())))
+  new = json.loads(config.to_json())
+  diffs = [f"{k}: {old[k]!r} in the workdir, {v!r} now"
+           for key in _OBJECTIVE_KEYS for k, v in _flat({key: new.get(key)})
+           if k in old and old[k] != v and k not in _PATH_KEYS
+           and not (k in _RESOLVED_KEYS and v == 0)]
+  if diffs:
+    raise CheckpointError(
+        f"The workdir {workdir} holds a run trained with other settings ({'; '.join(diffs)}). "
+        "Its checkpoint would be reused as if it were this run: use a fresh --workdir, remove "
+        f"{workdir}, or restore the original settings.")
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any):
   """Restores the newest checkpoint into the structure of ``abstract_state``.
 
