@@ -383,12 +383,10 @@ def digits_energy(workdir: str = DIGITS_ENERGY, label: int = 3):
 
 
 def overhead_section(reps: int) -> None:
+  toy_levels = karras_sigmas(100, smc_bench.SIGMA_MIN, smc_bench.SIGMA_MAX)
   rows = {"closed-form 8-mode mixture (benchmarks/smc.py)":
-          (smc_bench.make_energy(smc_bench.make_means(2)), 1.0, 2, 4096,
-           karras_sigmas(100, smc_bench.SIGMA_MIN, smc_bench.SIGMA_MAX)),
-          "toy MLP energy (width 128, depth 3)":
-          (neural_energy(), 1.0, 2, 4096,
-           karras_sigmas(100, smc_bench.SIGMA_MIN, smc_bench.SIGMA_MAX)),
+          (smc_bench.make_energy(smc_bench.make_means(2)), 1.0, 2, 4096, toy_levels),
+          "toy MLP energy (width 128, depth 3)": (neural_energy(), 1.0, 2, 4096, toy_levels),
           "digits U-Net energy (colabs/digits_demo, 8×8)":
           (*digits_energy(), 256, karras_sigmas(32, 0.002, 80.0))}
   print(f"\n## 3. SMC / plain reverse diffusion with the same energy (best of {reps} "

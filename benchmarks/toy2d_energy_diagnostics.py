@@ -18,7 +18,6 @@ import json
 import os
 
 import jax
-import ml_collections
 
 from fkdiff import runs
 from fkdiff.training import train
@@ -42,11 +41,9 @@ def diagnostics(stage_dir: str) -> dict:
   out = {"score_rel_error": train.score_error(trainer.task, trainer.data, params, config,
                                               key_score)}
   for sigma in SCORE_SIGMAS:
-    at = ml_collections.ConfigDict(config.to_dict())
-    at.eval.score_sigma = sigma
     out[f"score_rel_error/sigma_{sigma:g}"] = sum(
-        train.score_error(trainer.task, trainer.data, params, at, jax.random.key(100 + k))
-        for k in range(SCORE_KEYS)) / SCORE_KEYS
+        train.score_error(trainer.task, trainer.data, params, config, jax.random.key(100 + k),
+                          sigma) for k in range(SCORE_KEYS)) / SCORE_KEYS
   return {**out, **train.time_diagnostics(trainer.task, trainer.data, params, config)}
 
 

@@ -72,16 +72,25 @@ def _flat(d, prefix=""):
       yield prefix + k, v
 
 
-def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Raises ``CheckpointError`` if ``workdir`` holds a run of a different model than ``config``."""
+def _saved_diffs(workdir: str, config: ml_collections.ConfigDict, sections, ignore,
+                 skip_missing: bool) -> list:
+  """``"key: saved in the workdir, new now"`` for every leaf of ``config``'s ``sections`` whose
+  value differs from the workdir's ``config.json`` (none without one). ``ignore(key, new)``
+  excludes a leaf; ``skip_missing`` skips leaves the saved config lacks (else they read None)."""
   saved = read_config(workdir)
   if saved is None:
-    return
+    return []
+  old = dict(_flat(json.loads(saved.to_json())))
   new = json.loads(config.to_json())
-  old = json.loads(saved.to_json())
-  diffs = [f"{k}: {dict(_flat(old)).get(k)!r} in the workdir, {v!r} now"
-           for key in _MODEL_KEYS for k, v in _flat({key: new.get(key)})
-           if dict(_flat(old)).get(k) != v and k not in _COMPUTE_ONLY_KEYS]
+  return [f"{k}: {old.get(k)!r} in the workdir, {v!r} now"
+          for key in sections for k, v in _flat({key: new.get(key)})
+          if old.get(k) != v and not (skip_missing and k not in old) and not ignore(k, v)]
+
+
+def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises ``CheckpointError`` if ``workdir`` holds a run of a different model than ``config``."""
+  diffs = _saved_diffs(workdir, config, _MODEL_KEYS, lambda k, v: k in _COMPUTE_ONLY_KEYS,
+                       skip_missing=False)
   if diffs:
     raise CheckpointError(
         f"The workdir {workdir} holds a run of a different model ({'; '.join(diffs)}). "
@@ -100,15 +109,9 @@ _RESOLVED_KEYS = ("data.sigma_data",)
 def check_same_objective(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Raises ``CheckpointError`` if ``workdir`` holds a run trained with other data, diffusion,
   loss, teacher settings, optimiser or seed than ``config`` asks for (not its length)."""
-  saved = read_config(workdir)
-  if saved is None:
-    return
-  old = dict(_flat(json.loads(saved.to_json())))
-  new = json.loads(config.to_json())
-  diffs = [f"{k}: {old[k]!r} in the workdir, {v!r} now"
-           for key in _OBJECTIVE_KEYS for k, v in _flat({key: new.get(key)})
-           if k in old and old[k] != v and k not in _PATH_KEYS
-           and not (k in _RESOLVED_KEYS and v == 0)]
+  diffs = _saved_diffs(workdir, config, _OBJECTIVE_KEYS,
+                       lambda k, v: k in _PATH_KEYS or (k in _RESOLVED_KEYS and v == 0),
+                       skip_missing=True)
   if diffs:
     raise CheckpointError(
         f"The workdir {workdir} holds a run trained with other settings ({'; '.join(diffs)}). "

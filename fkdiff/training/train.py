@@ -9,7 +9,7 @@ uninterrupted run would. Metrics are clu ``Collection``s, written by clu ``metri
 import functools
 import json
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -281,13 +281,15 @@ def evaluate(task: Task, data: DataSource, params, config, workdir: str, step: i
   return results
 
 
-def score_error(task: Task, data: DataSource, params, config, key: jax.Array) -> float:
-  """Relative error of a toy run's score to the exact one at ``eval.score_sigma``
-  (:func:`fkdiff.evaluation.toy_metrics.relative_score_error`)."""
+def score_error(task: Task, data: DataSource, params, config, key: jax.Array,
+                sigma: Optional[float] = None) -> float:
+  """Relative error of a toy run's score to the exact one at ``sigma`` (default
+  ``eval.score_sigma``; :func:`fkdiff.evaluation.toy_metrics.relative_score_error`)."""
   from fkdiff.evaluation import toy_metrics
+  sigma = config.eval.score_sigma if sigma is None else sigma
   run = jax.jit(lambda p, k: toy_metrics.relative_score_error(
       toy_metrics.score_from_denoiser(functools.partial(task.denoise_fn, p)), data.mixture,
-      config.eval.score_sigma, k), compiler_options=_compiler_options(config))
+      sigma, k), compiler_options=_compiler_options(config))
   return float(run(params, key))
 
 
