@@ -89,30 +89,44 @@ def method_config(spec: str, config, args):
   return base, config
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def sampler_parser(doc: str, methods: str, particles: int,
+                   levels: int) -> argparse.ArgumentParser:
+  """The options of a digits sampling benchmark (described by its module ``doc``): the run
+  (judge, settings), the arrays, the methods and the sampler sizes (:func:`method_config`)."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
   parser.add_argument("--workdir", default=os.path.join(ROOT, "colabs", "digits_demo"),
                       help="a finished digits run (default: the shipped demo models)")
   parser.add_argument("--arrays", default="", help="digits arrays cache (.npz)")
-  parser.add_argument("--methods", default="naive,cfg,smc_score,smc_ratio")
+  parser.add_argument("--methods", default=methods)
   parser.add_argument("--samples", type=int, default=64, help="samples (= SMC runs) per condition")
-  parser.add_argument("--particles", type=int, default=16, help="particles per SMC run")
-  parser.add_argument("--levels", type=int, default=64)
+  parser.add_argument("--particles", type=int, default=particles, help="particles per SMC run")
+  parser.add_argument("--levels", type=int, default=levels)
   parser.add_argument("--mcmc_steps", type=int, default=2, help="rejuvenation steps")
   parser.add_argument("--step_size", type=float, default=0.05, help="MALA h = this · σ²")
   parser.add_argument("--betas", default="1,2,4", help="comma-separated β of p(x | c)^β")
-  parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
-  parser.add_argument("--tasks", default="low_temperature,and")
-  parser.add_argument("--keys", type=int, default=1, help="evaluations per row (other keys)")
-  parser.add_argument("--out", default="", help="JSON file for the results")
-  args = parser.parse_args()
+  return parser
 
+
+def load_run(args):
+  """``(config, arrays, judge, reference)`` of the run in ``args.workdir``."""
   config = digits.read_run_config(args.workdir)
   arrays = load_arrays(args.arrays or os.path.join(args.workdir, "digits_arrays.npz"),
                        config.data_dir)
   judge = classifier_lib.load(os.path.join(args.workdir, "classifier"), arrays["train_x"])
   reference = digits.make_reference(judge, {"x": arrays["train_x"], "label": arrays["train_label"]},
                                     float(arrays["threshold"]))
+  return config, arrays, judge, reference
+
+
+def main():
+  parser = sampler_parser(__doc__, "naive,cfg,smc_score,smc_ratio", particles=16, levels=64)
+  parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
+  parser.add_argument("--tasks", default="low_temperature,and")
+  parser.add_argument("--keys", type=int, default=1, help="evaluations per row (other keys)")
+  parser.add_argument("--out", default="", help="JSON file for the results")
+  args = parser.parse_args()
+
+  config, arrays, judge, reference = load_run(args)
   energies = digits.load_energies({name: os.path.join(args.workdir, "energies", name)
                                    for name in digits.MODELS})
   params = {name: e.params for name, e in energies.items()}

@@ -160,6 +160,8 @@ def test_potentials_are_their_closed_form_compositions():
   value = lambda key, cond: np.asarray(jax.vmap(lambda a: pots[key](params, cond)(a, sigma))(x))
   methods = {"low_temperature": digits.LOW_TEMPERATURE_METHODS, "and": digits.AND_METHODS}
   assert set(pots) == {(task, m) for task, ms in methods.items() for m in ms}
+  assert set(digits.potentials({"class": cls})) == {   # a class model alone: no AND targets
+      ("low_temperature", m) for m in digits.LOW_TEMPERATURE_METHODS}
   for beta in (1.0, 2.0, 3.5):
     for method in digits.LOW_TEMPERATURE_METHODS:
       want = (e(cls, cls.null) + beta * (e(cls, 3) - e(cls, cls.null)) if method == "cfg" else

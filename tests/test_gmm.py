@@ -112,3 +112,35 @@ def test_layouts_and_validation():
     gmm.make_mixture([1.0, 2.0], [[0.0, 0.0]], [1.0])
   with pytest.raises(ValueError, match="positive"):
     gmm.make_mixture([0.0], [[0.0, 0.0]], [1.0])
+
+
+def test_label_energy_matches_the_cholesky_energies():
+  """The eigenbasis energies of a label-conditional mixture (fitted with one and with two
+  Gaussians per label) equal :func:`gmm.energy` of each label's components alone (weights
+  renormalised) and, for the null label, of the whole mixture."""
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), [40, 25, 35])
+  x = rng.normal(size=(100, 5)) * [1.0, 0.5, 2.0, 1.0, 0.3] + 2.0 * labels[:, None]
+  fitted, of = gmm.fit_by_label(x.reshape(100, 5, 1), labels, 3, ridge=0.01)   # any event shape
+  np.testing.assert_array_equal(of, [0, 1, 2])
+  np.testing.assert_allclose(fitted.weights, [0.40, 0.25, 0.35], rtol=1e-6)
+  np.testing.assert_allclose(fitted.means[1], x[labels == 1].mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(fitted.covs[2], np.cov(x[labels == 2], rowvar=False) + 0.01 * np.eye(5),
+                             rtol=1e-5, atol=1e-6)
+  two, of_two = gmm.fit_by_label(x, labels, 3, ridge=0.01, components=2)
+  np.testing.assert_array_equal(of_two, [0, 0, 1, 1, 2, 2])
+  np.testing.assert_allclose(two.weights[2] + two.weights[3], 0.25, rtol=1e-5)
+  point = jnp.asarray(rng.normal(size=5) + 2.0, jnp.float32)
+  for mixture, comps in ((fitted, of), (two, of_two)):
+    em = gmm.eigen(mixture, comps)
+    for sigma in (0.0, 0.3, 5.0):
+      for c in range(3):
+        k = np.flatnonzero(comps == c)
+        own = gmm.GaussianMixture(mixture.weights[k] / jnp.sum(mixture.weights[k]),
+                                  mixture.means[k], mixture.covs[k])
+        np.testing.assert_allclose(gmm.label_energy(em, point, sigma, c),
+                                   gmm.energy(own, point, sigma), rtol=1e-4)
+      np.testing.assert_allclose(gmm.label_energy(em, point, sigma, 3),
+                                 gmm.energy(mixture, point, sigma), rtol=1e-4)
+  with pytest.raises(ValueError, match="2 points or more"):
+    gmm.fit_by_label(x, np.zeros(100, int), 2)

@@ -110,6 +110,75 @@ def diagonal_energy(weights, means, variances) -> Callable[[Array, Array], Array
   return energy_fn
 
 
+class EigenMixture(NamedTuple):
+  """A label-conditional mixture with its components in their eigenbases (:func:`eigen`): exact
+  diffused energies in O(K d²) per point, no factorisation per call. ``log_weights (K,)``,
+  ``means (K, d)``, ``basis (K, d, d)`` (columns: eigenvectors of ``Σ_k``), ``eig (K, d)`` (their
+  eigenvalues), ``labels (K,)`` (each component's label)."""
+  log_weights: Array
+  means: Array
+  basis: Array
+  eig: Array
+  labels: Array
+
+
+def eigen(gmm: GaussianMixture, labels=None) -> EigenMixture:
+  """``gmm`` with each covariance eigendecomposed (float64 on the host, stored float32);
+  ``labels (K,)`` give each component's label (default: component k has label k)."""
+  eig, basis = np.linalg.eigh(np.asarray(gmm.covs, np.float64))
+  labels = np.arange(gmm.num_components) if labels is None else np.asarray(labels)
+  if labels.shape != (gmm.num_components,):
+    raise ValueError(f"labels must be ({gmm.num_components},), got shape {labels.shape}.")
+  return EigenMixture(jnp.log(gmm.weights), gmm.means, jnp.asarray(basis, jnp.float32),
+                      jnp.asarray(eig, jnp.float32), jnp.asarray(labels, jnp.int32))
+
+
+def fit_by_label(x, labels, num_labels: int, ridge: float = 0.0, components: int = 1,
+                 seed: int = 0):
+  """A label-conditional mixture fitted to ``x (N, ...)`` (flattened to ``(N, d)``):
+  ``components`` Gaussians per label (one: the label's mean and unbiased covariance; more:
+  scikit-learn's EM, ``GaussianMixture``, seeded), each covariance plus ``ridge · I``; a
+  component's weight is its label's frequency times its weight within the label.
+
+  Returns:
+    ``(mixture, component_labels (K,))``, ``K = num_labels · components``, label-major.
+  Raises:
+    ValueError: when a label has fewer than ``max(2, components)`` points.
+  """
+  flat = np.asarray(x, np.float64).reshape(len(x), -1)
+  labels = np.asarray(labels)
+  counts = np.array([np.sum(labels == c) for c in range(num_labels)])
+  if np.any(counts < max(2, components)):
+    raise ValueError(f"every label needs {max(2, components)} points or more, got counts "
+                     f"{counts.tolist()}.")
+  eye = np.eye(flat.shape[1])
+  weights, means, covs = [], [], []
+  for c in range(num_labels):
+    xc = flat[labels == c]
+    if components == 1:
+      w, mu, cov = np.ones(1), xc.mean(0)[None], (np.cov(xc, rowvar=False) + ridge * eye)[None]
+    else:
+      from sklearn.mixture import GaussianMixture as SkMixture
+      fit = SkMixture(components, covariance_type="full", reg_covar=ridge, random_state=seed).fit(xc)
+      w, mu, cov = fit.weights_, fit.means_, fit.covariances_
+    weights.append(counts[c] * w), means.append(mu), covs.append(cov)
+  return (make_mixture(np.concatenate(weights), np.concatenate(means), np.concatenate(covs)),
+          np.repeat(np.arange(num_labels), components))
+
+
+def label_energy(em: EigenMixture, x: Array, sigma, label) -> Array:
+  """``E(x, σ | c) = −log p_σ(x | c)``, ``p_σ(x | c)`` the mixture of label c's components
+  (weights renormalised), each ``N(μ_k, Σ_k + σ² I)``; a label that no component carries (by
+  convention the number of labels: the null label ∅ of classifier-free guidance) gives the
+  whole mixture, ``−log p_σ(x)``. ``x (d,)``, scalar ``σ`` and ``label``."""
+  z = jnp.einsum("kij,ki->kj", em.basis, x[None] - em.means)
+  var = em.eig + jnp.asarray(sigma)**2
+  log_n = -0.5 * jnp.sum(z**2 / var + jnp.log(2 * jnp.pi * var), axis=-1)      # (K,)
+  mine = em.labels == label
+  log_w = jnp.where(jnp.any(mine), jnp.where(mine, em.log_weights, -jnp.inf), em.log_weights)
+  return jax.nn.logsumexp(log_w) - jax.nn.logsumexp(log_w + log_n)
+
+
 def energy(gmm: GaussianMixture, x: Array, sigma) -> Array:
   """Exact diffused energy ``E(x, σ) = −log p_σ(x)`` (normalised); ``x`` is ``(d,)``."""
   return -log_prob(diffuse(gmm, sigma), x)

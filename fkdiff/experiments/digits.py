@@ -292,14 +292,15 @@ def get_classifier(config, workdir: str, train: dict, test: dict) -> classifier_
 
 
 def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
-  """Per (task, method) target ``(params, cond) -> U``; ``cond = (class, β)``.
+  """Per (task, method) target ``(params, cond) -> U``; ``cond = (class, β)``. Without a
+  ``'stroke'`` model, only the ``low_temperature`` targets.
 
   ``params`` is ``{model: parameters}`` (a jit argument); ``cond`` holds traced scalars. Each
   ``U`` is a :class:`fkdiff.sampling.Target` (its ``weights`` have one entry per network label
   evaluated) and records its scale (β when tempered), to which ``smc_sample`` sizes its start
   (and, for exact-ratio weights, its kernels).
   """
-  cls, stroke = energies["class"], energies["stroke"]
+  cls, stroke = energies["class"], energies.get("stroke")
 
   def e(model, params, label):
     return lambda x, s: model.fn(params, x, s, label)
@@ -318,10 +319,12 @@ def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
     return targets.product([e(cls, params["class"], cond[0]), e(stroke, params["stroke"], HEAVY),
                             e(stroke, params["stroke"], stroke.null)], [1.0, 1.0, -1.0])
 
-  out = {("low_temperature", "naive"): tempered, ("low_temperature", "cfg"): guided,
-         ("and", "naive"): conjunction}
+  out = {("low_temperature", "naive"): tempered, ("low_temperature", "cfg"): guided}
   for method in SMC_METHODS:
-    out["low_temperature", method], out["and", method] = tempered, conjunction
+    out["low_temperature", method] = tempered
+  if stroke is not None:   # a class model alone has the low-temperature targets only.
+    for method in AND_METHODS:
+      out["and", method] = conjunction
   return out
 
 
