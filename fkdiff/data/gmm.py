@@ -3,8 +3,9 @@
 A mixture ``p_0 = Σ_k w_k N(μ_k, Σ_k)`` noised as ``x_σ = x_0 + σ ε`` has the closed form
 ``p_σ = Σ_k w_k N(μ_k, Σ_k + σ² I)``. This module is the ground truth that the rest of the
 library is tested against: energies ``E(x, σ) = −log p_σ(x)`` (normalised, so absolute values are
-meaningful), scores, denoisers, sampling, component responsibilities (mode masses), and the exact
-normalised product of two mixtures.
+meaningful), scores, denoisers, sampling, component responsibilities (mode masses), the exact
+normalised product of two mixtures, and label-conditional mixtures fitted to labelled data
+(:func:`fit_by_label`, :func:`label_energy`: a closed-form stand-in for a class-conditional model).
 
 Per-example functions take ``x`` of shape ``(d,)`` and a scalar ``σ`` and are meant to be vmapped.
 """
@@ -159,7 +160,8 @@ def fit_by_label(x, labels, num_labels: int, ridge: float = 0.0, components: int
       w, mu, cov = np.ones(1), xc.mean(0)[None], (np.cov(xc, rowvar=False) + ridge * eye)[None]
     else:
       from sklearn.mixture import GaussianMixture as SkMixture
-      fit = SkMixture(components, covariance_type="full", reg_covar=ridge, random_state=seed).fit(xc)
+      fit = SkMixture(components, covariance_type="full", reg_covar=ridge,
+                      random_state=seed).fit(xc)
       w, mu, cov = fit.weights_, fit.means_, fit.covariances_
     weights.append(counts[c] * w), means.append(mu), covs.append(cov)
   return (make_mixture(np.concatenate(weights), np.concatenate(means), np.concatenate(covs)),
