@@ -8,9 +8,10 @@ same digits — one Gaussian per class, ``p(x | c) = N(μ_c, Σ_c)`` (train-spli
 plus ``--ridge`` · I), ``p(x) = Σ_c π_c p(x | c)`` — whose diffused energies are exact at every
 σ, and where ``p(x | c)^β = N(μ_c, Σ_c / β)`` is drawn exactly. ``--components=J`` fits J
 Gaussians per class instead (EM; multimodal classes), where no exact draw exists and a large SMC
-run (e.g. ``smc_ratio+n=64+k=128``, checked against the exact draws with one Gaussian) stands in. Every row runs the digits job's
-own samplers (``digits.make_sampler``, same Karras grid, runs of N particles) on the exact
-energies and is scored by the shipped demo judge, as in ``benchmarks/digits_particles.py``:
+run (e.g. ``smc_ratio+n=64+k=128``, checked against the exact draws with one Gaussian) stands
+in. Every row runs the digits job's own samplers (``digits.make_sampler``, same Karras grid, runs
+of N particles) on the exact energies and is scored by the shipped demo judge, as in
+``benchmarks/digits_particles.py``:
 
   ``exact``        exact draws of the target ``p(x | c)^β`` (the diversity a correct sampler has);
   ``naive``, ``cfg``, ``smc_score``, ``smc_ratio`` (+ that script's options) as in the job;
@@ -72,18 +73,19 @@ def main():
   event_shape = tuple(arrays["train_x"].shape[1:])
   betas = [float(b) for b in args.betas.split(",")]
   print(f"{jax.devices()[0].device_kind} ({platform.machine()}), jax {jax.__version__}; "
-        f"{args.components} Gaussian(s) per class + {args.ridge:g} I; {args.samples} samples per class; N = "
-        f"{args.particles} particles per run, {args.levels} levels")
+        f"{args.components} Gaussian(s) per class + {args.ridge:g} I; {args.samples} samples "
+        f"per class; N = {args.particles} particles per run, {args.levels} levels")
   print(f"{'target':6s} {'method':22s} {'adh.':>6s} {'divers.':>7s} {'frechet':>8s} "
         f"{'pixel div.':>10s} {'NFE/smp':>8s} {'ess_min':>7s}", flush=True)
   key = jax.random.key(args.seed)
   for spec in args.methods.split(","):
     if spec == "exact":
       sampler = None
-    else:
-      base = "smc_ratio" if spec == "cfg_target" else spec
-      base, cfg = method_config(base, digits.read_run_config(args.workdir), args)
-      potential = potentials["low_temperature", "cfg" if spec == "cfg_target" else base]
+    else:   # cfg_target: exact-ratio SMC on CFG's potential.
+      on_cfg = spec == "cfg_target"
+      base, cfg = method_config("smc_ratio" if on_cfg else spec,
+                                digits.read_run_config(args.workdir), args)
+      potential = potentials["low_temperature", "cfg" if on_cfg else base]
       sampler = digits.make_sampler(base, potential, cfg, event_shape, images.IMAGE_SIGMA_DATA)
     for i, beta in enumerate(betas):
       k = jax.random.fold_in(key, i)
