@@ -2,8 +2,8 @@
 
 Config fields can be overridden on the command line, e.g. ``--config.training.num_steps=100``;
 unknown keys and wrongly typed values are rejected. The config names its job: ``job = 'toy2d'``
-(:mod:`fkdiff.experiments.toy2d`), ``'digits'`` (:mod:`fkdiff.experiments.digits`), ``'fid'``
-(:mod:`fkdiff.experiments.fid`); without ``job``, one training run
+(:mod:`fkdiff.experiments.toy2d`), ``'digits'`` (:mod:`fkdiff.experiments.digits`), ``'fid'`` (:mod:`fkdiff.experiments.fid`),
+``'highdim'`` (:mod:`fkdiff.experiments.highdim`); without ``job``, one training run
 (:func:`fkdiff.training.train_and_evaluate`).
 
 Errors: the library's own errors about its input (a bad config, an unreadable checkpoint, a missing
@@ -58,6 +58,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if job == "fid":
     from fkdiff.experiments import fid
     return fid.run(config, workdir)
+  if job == "highdim":
+    from fkdiff.experiments import highdim
+    return highdim.run(config, workdir)
   from fkdiff.training import train_and_evaluate
   results = train_and_evaluate(config, workdir)
   print(results, flush=True)

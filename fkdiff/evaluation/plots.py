@@ -171,3 +171,33 @@ def save_image_grid(samples, path: str, columns: Optional[int] = None) -> None:
   scale = max(1, 256 // max(grid.shape[:2]))
   grid = np.repeat(np.repeat(grid, scale, 0), scale, 1)
   Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+
+
+def error_vs_nfe_figure(path: str, results: dict) -> None:
+  """The high-dimension study's figure: largest mode-mass error and ``|variance ratio − 1|``
+  against NFE per sample, one line per method and dimension (``results[shape][problem][method]
+  [budget]`` summaries of :func:`fkdiff.experiments.highdim.run`), one column per problem."""
+  plt = _figure()
+  problems = sorted({p for by_shape in results.values() for p in by_shape})
+  fig, axes = plt.subplots(2, len(problems), figsize=(4.2 * len(problems), 7), squeeze=False)
+  for col, pname in enumerate(problems):
+    for shape, by_problem in results.items():
+      size = int(np.prod([int(n) for n in shape.split("x")]))
+      for method, by_budget in by_problem.get(pname, {}).items():
+        rows = [by_budget[b] for b in sorted(by_budget, key=int)]
+        nfe = [r["nfe_per_sample"] for r in rows]
+        for row, (key, fn) in enumerate((("mode_mass_error", lambda v: v),
+                                         ("var_ratio", lambda v: abs(v - 1.0)))):
+          axes[row, col].plot(nfe, [max(fn(r[key]), 1e-4) for r in rows], marker="o",
+                              label=f"{method}, d={size}")
+    axes[0, col].set_title(pname)
+    axes[0, col].set_ylabel("largest mode-mass error")
+    axes[1, col].set_ylabel("|variance ratio − 1|")
+    for row in range(2):
+      axes[row, col].set_xscale("log")
+      axes[row, col].set_yscale("log")
+      axes[1, col].set_xlabel("NFE per sample")
+  axes[0, -1].legend(fontsize=6, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

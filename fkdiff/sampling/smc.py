@@ -47,6 +47,7 @@ diffusion).
 
 import functools
 import math
+import warnings
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -88,7 +89,7 @@ class SMC(NamedTuple):
     particle_chunk_size: None or evaluate at most this many particles at a time (``lax.map``).
   """
   target: targets_lib.Target
-  weights: weights_lib.Scheme = ScoreOnly()
+  weights: weights_lib.Scheme = weights_lib.DEFAULT
   resampling: Resampling = Resampling()
   rejuvenation: Optional[Rejuvenation] = None
   sharding: Optional[NamedSharding] = None
@@ -154,7 +155,8 @@ class SMCResult(NamedTuple):
 # Construction and validation.
 
 
-def build(target, weights: weights_lib.Scheme = ScoreOnly(), resampling: Resampling = Resampling(),
+def build(target, weights: weights_lib.Scheme = weights_lib.DEFAULT,
+          resampling: Resampling = Resampling(),
           rejuvenation: Optional[Rejuvenation] = None, mesh: Optional[Mesh] = None,
           particle_axis: Optional[str] = None,
           particle_chunk_size: Optional[int] = None) -> SMC:
@@ -229,6 +231,13 @@ def _over_particles(fn: Callable, chunk: Optional[int]) -> Callable:
   return lambda x, sigma: jax.lax.map(lambda xi: fn(xi, sigma), x, batch_size=chunk)
 
 
+def _over_particles_args(fn: Callable, chunk: Optional[int]) -> Callable:
+  """``fn(*per-particle arrays)`` over a leading particle axis (vmap, or chunked ``lax.map``)."""
+  if chunk is None:
+    return jax.vmap(fn)
+  return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=chunk)
+
+
 def _constrain(smc: SMC, tree):
   if smc.sharding is None:
     return tree
@@ -236,10 +245,16 @@ def _constrain(smc: SMC, tree):
       lambda a: jax.lax.with_sharding_constraint(a, smc.sharding) if a.ndim else a, tree)
 
 
-def _evaluate(smc: SMC, x: Array, sigma: Array) -> Evaluation:
-  """The scheme's evaluation of every particle at σ; ``(N, …)``."""
-  fn = functools.partial(smc.weights.evaluate, smc.target)
+def _evaluate(smc: SMC, x: Array, sigma: Array, key: Optional[Array] = None) -> Evaluation:
+  """The scheme's evaluation of every particle at σ; ``(N, …)``. ``key`` is shared by all
+  particles (the Hutchinson probes of a level are common to them)."""
+  fn = lambda xi, s: smc.weights.evaluate(smc.target, xi, s, key)
   return _over_particles(fn, smc.particle_chunk_size)(x, sigma)
+
+
+def _eval_key(key: Array) -> Array:
+  """The key of a level's evaluation, derived without changing the step's other streams."""
+  return jax.random.fold_in(key, 0x5eed)
 
 
 def _sanitize(log_w: Array, x: Array) -> Array:
@@ -264,7 +279,7 @@ def init(smc: SMC, key: Array, sigma: Array, num_particles: int, event_shape: Se
   x = std * jax.random.normal(key, (num_particles, *event_shape), jnp.float32)
   x = _constrain(smc, x)
   log_prior = jax.vmap(_log_normal, in_axes=(0, None, None))(x, jnp.zeros(event_shape), std**2)
-  ev = _evaluate(smc, x, sigma)
+  ev = _evaluate(smc, x, sigma, _eval_key(key))
   log_w = _sanitize(-ev.potential - log_prior, x)
   return _constrain(smc, SMCState(x, log_w, jnp.zeros((), jnp.float32), sigma, ev))
 
@@ -295,7 +310,7 @@ def _resample(smc: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Array]:
   if isinstance(smc.weights, ExactRatio):
     ev = Evaluation(chains.potential, chains.grad, ev.rate, ev.terms)
   else:
-    ev = _evaluate(smc, chains.position, sigma)
+    ev = _evaluate(smc, chains.position, sigma, _eval_key(k_mcmc))
   return _constrain(smc, state._replace(particles=chains.position, evaluation=ev)), acc
 
 
@@ -350,9 +365,15 @@ def _step(smc: SMC, key: Array, state: SMCState, sigma_next: Array, *,
   drift = (-state.evaluation.grad if drift_fn is None
            else _over_particles(drift_fn, smc.particle_chunk_size)(x, sigma))
   mean = x + var * drift
-  x_new = mean + jnp.sqrt(var) * jax.random.normal(k_move, x.shape, x.dtype)
+  noise = jnp.sqrt(var) * jax.random.normal(k_move, x.shape, x.dtype)
+  if getattr(smc.weights, "proposal", "euler") == "euler":
+    x_new = mean + noise
+  else:   # a score-only proposal with its own move (kernel densities are not used then)
+    move = lambda xi, gi, ni: smc.weights.move(smc.target, xi, gi, ni, var, sigma)
+    x_new = _over_particles_args(move, smc.particle_chunk_size)(x, state.evaluation.grad, noise)
   # 3. evaluate at σ_{k+1} (the step's only evaluation) and reweight.
-  ev = _evaluate(smc, x_new, sigma_next) if evaluate else _terms_only(smc, x_new, sigma_next)
+  ev = (_evaluate(smc, x_new, sigma_next, _eval_key(key)) if evaluate
+        else _terms_only(smc, x_new, sigma_next))
   kernel_ratio = jax.vmap(lambda a, b, m: _log_normal(a, b, var) - _log_normal(b, m, var))(
       x, x_new, mean)                                 # log L_k(x | x') − log M_k(x' | x)
   inc = smc.weights.log_increment(state.evaluation, ev, kernel_ratio, sigma, sigma_next)
@@ -396,7 +417,7 @@ def smc_sample(
     event_shape: Sequence[int],
     *,
     sigma_data: float,
-    weights: weights_lib.Scheme = ScoreOnly(),
+    weights: weights_lib.Scheme = weights_lib.DEFAULT,
     resampling: Resampling = Resampling(),
     rejuvenation: Optional[Rejuvenation] = None,
     final_resample: bool = False,
@@ -414,9 +435,13 @@ def smc_sample(
     num_particles: N ≥ 2 (static).
     event_shape: shape of one example, e.g. ``(2,)`` or ``(H, W, C)`` (static).
     sigma_data: σ_d of the start ``N(0, (σ_0² + σ_d²)/s I)``.
-    weights: :class:`~fkdiff.sampling.weights.ScoreOnly` (default: holds on learned energies)
-      or :class:`~fkdiff.sampling.weights.ExactRatio` (exact for any step, needs energies whose
-      σ-direction is right; also reports ``log Ẑ``).
+    weights: the weight scheme. Default :data:`fkdiff.sampling.weights.DEFAULT`:
+      ``ScoreOnly(rule='trapezoid', noise='matched', proposal='shaped')`` — no energy values
+      compared across σ (holds on learned energies), noise matched to the target's scale, the
+      Hessian-shaped proposal and, above 16 numbers per example, shared Hutchinson probes for the
+      Laplacian (docs/METHOD.md §4c: measured correct on exact targets from d = 2 to 12,288).
+      Or :class:`~fkdiff.sampling.weights.ExactRatio` (exact for any step, needs energies whose
+      σ-direction is right; also reports ``log Ẑ``; its weights degenerate in high dimension).
     resampling: :class:`Resampling` (scheme, ESS threshold, σ window).
     rejuvenation: None or a kernel callable, e.g. ``mcmc.rejuvenation('mala', num_steps=2)``.
     final_resample: return one equally weighted (resampled) particle set.
@@ -452,6 +477,8 @@ def smc_sample(
     _check_callable("drift", weights.drift, event_shape, event_shape)
   if denoise_fn is not None:
     _check_callable("denoise_fn", denoise_fn, event_shape, event_shape)
+  for message in setting_warnings(smc, event_shape):
+    warnings.warn(message, SMCSettingWarning, stacklevel=2)
 
   k_init, k_final, k_steps = jax.random.split(key, 3)
   state = init(smc, k_init, sigmas[0], num, event_shape, sigma_data=sigma_data, init_std=init_std)
@@ -464,6 +491,62 @@ def smc_sample(
     state, last = _step(smc, keys[-1], state, sigmas[-1], evaluate=False)
     info = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), info, last)
   return finish(smc, k_final, state, info, final_resample=final_resample, denoise_fn=denoise_fn)
+
+
+class SMCSettingWarning(UserWarning):
+  """A sampler setting that is known not to sample its target (:func:`setting_warnings`)."""
+
+
+# Above this many numbers per example, settings measured wrong on exact targets are warned about.
+HIGH_DIMENSION = 256
+
+
+def setting_warnings(smc: SMC, event_shape: Sequence[int]) -> list:
+  """Messages for settings measured not to sample their target on exact energies
+  (docs/METHOD.md §4c, benchmarks/RESULTS.md "SMC in image dimensions"): in more than
+  ``HIGH_DIMENSION`` numbers per example, score-only weights with unit noise on a target of
+  scale ``s ≠ 1`` (its proposal is the summed/scaled-score SDE, whose width the weights cannot
+  correct), and the plain Euler–Maruyama proposal with weights that cannot see it (score-only,
+  matched noise: ≈ 1.2× the variance at d = 3,072 on 64 levels). A traced scale is not checked."""
+  size = int(np.prod(tuple(event_shape)))
+  scheme = smc.weights
+  if size <= HIGH_DIMENSION or not isinstance(scheme, ScoreOnly):
+    return []
+  try:
+    scale = float(np.asarray(smc.target.scale))
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    scale = None
+  out = []
+  if scheme.noise == "unit" and scale is not None and abs(scale - 1.0) > 1e-6:
+    out.append(f"ScoreOnly(noise='unit') on a target of scale {scale:g} in {size} dimensions: "
+               "its proposal keeps the summed/scaled score's width, which these weights cannot "
+               "correct in high dimension. Use ScoreOnly(noise='matched', proposal='shaped') "
+               "(docs/METHOD.md §4c).")
+  if scheme.noise == "matched" and scheme.proposal == "euler":
+    out.append(f"ScoreOnly(proposal='euler') in {size} dimensions: the Euler–Maruyama "
+               "proposal's O(step) widening is not corrected by score-only weights; use "
+               "proposal='shaped' (docs/METHOD.md §4c).")
+  return out
+
+
+def diagnostics(result: SMCResult, min_ess: float = 2.0) -> list:
+  """What a result's own numbers say about its weights, as messages for a user (empty if
+  nothing): all weights invalid at some level, non-finite particles, or an ESS below
+  ``min_ess`` at some level (the weights degenerated: the particles are then a few draws of the
+  proposal, not of the target)."""
+  out = []
+  if bool(result.weights_invalid):
+    out.append("all weights were invalid (-inf/NaN) at some level: the particles are not "
+               "samples of the target.")
+  if int(result.num_nonfinite):
+    out.append(f"{int(result.num_nonfinite)} particles have non-finite coordinates.")
+  ess = np.asarray(result.info.ess)
+  low = int(np.sum(ess < min_ess)) + int(float(result.ess) < min_ess)
+  if low:
+    out.append(f"weights degenerate: ESS < {min_ess:g} at {low} of {ess.size + 1} levels "
+               f"(lowest {float(min(ess.min(), float(result.ess))):.2f}); the particles are "
+               "close to draws of the proposal. docs/METHOD.md §4c lists settings that hold.")
+  return out
 
 
 def weighted_mean(result: SMCResult, fn: Callable[[Array], Array] = lambda x: x) -> Array:

@@ -79,7 +79,12 @@ class ExactRatio(NamedTuple):
     s = target.scale if self.scale is None else jnp.asarray(self.scale, jnp.float32)
     return s, s
 
-  def evaluate(self, target: Target, x: Array, sigma: Array) -> Evaluation:
+  def evaluations_per_level(self, size: int) -> int:
+    """Energy evaluations per particle and level (value and gradient count as one)."""
+    return 1
+
+  def evaluate(self, target: Target, x: Array, sigma: Array,
+               key: Optional[Array] = None) -> Evaluation:
     u, g = jax.value_and_grad(target)(x, sigma)
     zero = jnp.zeros_like(u)
     return Evaluation(u, g, zero, zero)
@@ -95,15 +100,30 @@ class ScoreOnly(NamedTuple):
 
   Attributes:
     rule: ``'left'`` (default) or ``'trapezoid'``: the quadrature of ``∫ σ ρ dσ`` per step.
-      Both converge at first order (the Euler–Maruyama proposal limits them); with unit noise the
-      left rule's error was about half the trapezoid's at 25–100 levels
+      Both converge at first order with the Euler–Maruyama proposal; with unit noise the left
+      rule's error was about half the trapezoid's at 25–100 levels
       (``benchmarks/score_only_rules.py``), so it is the default.
     noise: ``'unit'`` (default: ``a = 1``, no Laplacian) or ``'matched'`` (``a = 1/s``, the
-      proposal of a tempered target; the rate then needs ``ΔA``, computed exactly with one
-      Hessian-vector product per coordinate: only for small event sizes).
+      proposal of a tempered target; the rate then needs ``ΔA``).
+    laplacian: how ``ΔA`` is computed for matched noise: ``'auto'`` (default: ``'exact'`` for
+      events of at most ``EXACT_LAPLACIAN_MAX_SIZE`` numbers, else ``'hutchinson'``),
+      ``'exact'`` (one Hessian-vector product per coordinate: small event sizes only) or
+      ``'hutchinson'`` (``probes`` Rademacher probes
+      ``v``, ``vᵀ∇²A v``, **the same probes for every particle** at a level: each particle's
+      estimate is unbiased, and particles whose Hessians agree get the same estimate, so the
+      relative weights carry noise of the Hessians' *differences* only; docs/METHOD.md §4c).
+    probes: number of Hutchinson probes per level.
+    proposal: ``'euler'`` (default: ``x' = x − aΔ∇A(x) + sqrt(aΔ) z``) or ``'shaped'``: the drift
+      averaged over ``x`` and the noise-displaced point, ``x' = x + sqrt(aΔ) z −
+      (aΔ/2)(∇A(x) + ∇A(x + sqrt(aΔ) z))`` (one more gradient per level): on a Gaussian its mean
+      is exact and its covariance ``aΔ(I − aΔH/2)²`` matches the exact ``aΔ(I − aΔH)`` to
+      second order, where Euler–Maruyama's ``aΔ I`` is first-order (docs/METHOD.md §4c).
   """
   rule: str = "left"
   noise: str = "unit"
+  laplacian: str = "auto"
+  probes: int = 1
+  proposal: str = "euler"
   estimates_log_z = False
 
   def check(self) -> None:
@@ -111,12 +131,36 @@ class ScoreOnly(NamedTuple):
       raise ValueError(f"ScoreOnly.rule must be 'trapezoid' or 'left', got {self.rule!r}.")
     if self.noise not in ("unit", "matched"):
       raise ValueError(f"ScoreOnly.noise must be 'unit' or 'matched', got {self.noise!r}.")
+    if self.laplacian not in ("auto", "exact", "hutchinson"):
+      raise ValueError("ScoreOnly.laplacian must be 'auto', 'exact' or 'hutchinson', got "
+                       f"{self.laplacian!r}.")
+    if not (isinstance(self.probes, int) and self.probes >= 1):
+      raise ValueError(f"ScoreOnly.probes must be an int >= 1, got {self.probes!r}.")
+    if self.proposal not in ("euler", "shaped"):
+      raise ValueError(f"ScoreOnly.proposal must be 'euler' or 'shaped', got {self.proposal!r}.")
 
   def scales(self, target: Target) -> Tuple[Array, Array]:
     s = target.scale
     return s, (s if self.noise == "matched" else jnp.ones_like(s))
 
-  def evaluate(self, target: Target, x: Array, sigma: Array) -> Evaluation:
+  def laplacian_method(self, size: int) -> str:
+    """``'exact'`` or ``'hutchinson'`` for events of ``size`` numbers (``'auto'`` resolved)."""
+    if self.laplacian != "auto":
+      return self.laplacian
+    return "exact" if size <= EXACT_LAPLACIAN_MAX_SIZE else "hutchinson"
+
+  def evaluations_per_level(self, size: int) -> int:
+    """Energy evaluations per particle and level (value and gradient count as one, a
+    Hessian-vector product as two): the NFE of this scheme's SMC."""
+    nfe = 1 + (self.proposal == "shaped")
+    if self.noise == "matched":
+      nfe += 2 * (size if self.laplacian_method(size) == "exact" else self.probes)
+    return nfe
+
+  def evaluate(self, target: Target, x: Array, sigma: Array,
+               key: Optional[Array] = None) -> Evaluation:
+    """One particle's evaluation; ``key`` (shared by all particles of a level) draws the
+    Hutchinson probes."""
     e, grads = target.energy_values_and_grads(x, sigma)               # (L,), (L, *event)
     w = target.weights
     flat = grads.reshape(grads.shape[0], -1)
@@ -124,9 +168,22 @@ class ScoreOnly(NamedTuple):
     a = 1.0 / self.scales(target)[1]
     rate = a * jnp.sum(g**2) - jnp.dot(w, jnp.sum(flat**2, axis=-1))
     if self.noise == "matched":
-      rate += (1.0 - a) * _laplacian(lambda y: target.diffusion_potential(y, sigma), x)
+      potential = lambda y: target.diffusion_potential(y, sigma)
+      if self.laplacian_method(x.size) == "exact":
+        lap = _laplacian(potential, x)
+      else:
+        lap = _hutchinson_laplacian(potential, x, key, self.probes)
+      rate += (1.0 - a) * lap
     terms = target.term_potential(x, sigma)
     return Evaluation(jnp.dot(w, e) + terms, g, rate, terms)
+
+  def move(self, target: Target, x: Array, grad: Array, noise: Array, var: Array,
+           sigma: Array) -> Array:
+    """The proposal's new point for one particle: ``grad = ∇A(x)``, ``noise = sqrt(aΔ) z``."""
+    if self.proposal == "euler":
+      return x - var * grad + noise
+    displaced = jax.grad(target.diffusion_potential)(x + noise, sigma)
+    return x + noise - 0.5 * var * (grad + displaced)
 
   def log_increment(self, old: Evaluation, new: Evaluation, log_kernel_ratio: Array,
                     sigma: Array, sigma_next: Array) -> Array:
@@ -142,6 +199,11 @@ class ScoreOnly(NamedTuple):
 
 
 Scheme = ExactRatio | ScoreOnly
+# The default of smc_sample / build / SMC: score-only weights with matched noise, the
+# Hessian-shaped proposal and the trapezoid rule (docs/METHOD.md §4c; benchmarks/RESULTS.md
+# "SMC in image dimensions"). ScoreOnly()'s own field defaults are the plain scheme of §4b.
+DEFAULT = ScoreOnly(rule="trapezoid", noise="matched", laplacian="auto", proposal="shaped")
+EXACT_LAPLACIAN_MAX_SIZE = 16   # 'auto': exact Laplacians up to this many numbers per example
 
 
 def _laplacian(fn: Callable[[Array], Array], x: Array) -> Array:
@@ -150,6 +212,18 @@ def _laplacian(fn: Callable[[Array], Array], x: Array) -> Array:
   basis = jnp.eye(x.size, dtype=x.dtype).reshape((x.size,) + x.shape)
   hvp = lambda v: jnp.vdot(jax.jvp(grad, (x,), (v,))[1], v)
   return jnp.sum(jax.vmap(hvp)(basis))
+
+
+def _hutchinson_laplacian(fn: Callable[[Array], Array], x: Array, key: Array,
+                          probes: int) -> Array:
+  """``Δ fn(x)`` estimated as the mean of ``vᵀ∇²fn(x) v`` over ``probes`` Rademacher ``v`` drawn
+  from ``key`` (unbiased; one Hessian-vector product per probe)."""
+  if key is None:
+    raise ValueError("the Hutchinson Laplacian needs a key.")
+  v = jax.random.rademacher(key, (probes,) + x.shape, x.dtype)
+  grad = jax.grad(fn)
+  hvp = lambda u: jnp.vdot(jax.jvp(grad, (x,), (u,))[1], u)
+  return jnp.mean(jax.vmap(hvp)(v))
 
 
 def check_scheme(scheme) -> None:
