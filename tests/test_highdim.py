@@ -139,3 +139,55 @@ def test_shaped_score_only_holds_at_d_1024(name):
   assert unit["var_ratio"] < 0.9, unit
   euler = scores("matched_euler", 48)
   assert euler["var_ratio"] > 1.1, euler
+
+
+def test_settings_known_wrong_in_high_dimension_warn():
+  sm = spectral.make((16, 20), [0.5, 0.5], [[-3, 0], [3, 0]])
+  tgt = targets.tempered(functools.partial(spectral.energy, sm), 2.0)
+  sigmas = jnp.array([10.0, 1.0, 0.1])
+  run = lambda w, t=tgt: jax.eval_shape(      # the warnings come at tracing: nothing runs
+      lambda k: smc_lib.smc_sample(k, t, sigmas, 4, (16, 20), sigma_data=0.5, weights=w),
+      jax.random.PRNGKey(0))
+  with pytest.warns(smc_lib.SMCSettingWarning, match="noise='unit'"):
+    run(ScoreOnly())
+  with pytest.warns(smc_lib.SMCSettingWarning, match="proposal='euler'"):
+    run(ScoreOnly(noise="matched", laplacian="hutchinson"))
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", smc_lib.SMCSettingWarning)
+    run(smc_lib.weights_lib.DEFAULT)                                  # the default: no warning
+    run(ScoreOnly(), functools.partial(spectral.energy, sm))          # scale 1: no warning
+
+
+def test_diagnostics_name_degenerate_and_invalid_weights():
+  """d = 1,024, exact-ratio weights on 8 levels: the weights collapse (ESS < 2) and the
+  diagnostics say so; the default keeps them and says nothing."""
+  prob = highdim.problem("tempered2", (32, 32))
+  sigmas = jnp.asarray(highdim.karras_sigmas(9, highdim.SIGMA_MIN, highdim.SIGMA_MAX))
+  run = lambda w: smc_lib.smc_sample(jax.random.PRNGKey(0), prob.target, sigmas, 16,
+                                     prob.event_shape, sigma_data=0.5, weights=w)
+  messages = smc_lib.diagnostics(run(highdim.SCHEMES["exact_ratio"]))
+  assert any("degenerate" in m for m in messages), messages
+  assert smc_lib.diagnostics(run(smc_lib.weights_lib.DEFAULT)) == []
+  empty = run(highdim.SCHEMES["exact_ratio"])._replace(weights_invalid=jnp.array(True))
+  assert any("invalid" in m for m in smc_lib.diagnostics(empty))
+
+
+@pytest.mark.slow
+def test_highdim_job_writes_its_table_and_figure(tmp_path):
+  import json
+  import os
+  from conftest import ROOT
+  from fkdiff.training.config import config_module
+  config = config_module(os.path.join(ROOT, "configs", "highdim.py")).get_config("smoke")
+  config.study.update(shapes=("2", "8x8"), problems=("tempered2",),
+                      methods=("score_unit", "shaped"), budgets=(64,), num_particles=32)
+  results = highdim.run(config, str(tmp_path))
+  row = results["8x8"]["tempered2"]["shaped"]["64"]
+  assert row["samples"] == 32 * 2 * 2 and row["nfe_per_sample"] <= 64
+  assert json.load(open(tmp_path / "results.json")) == json.loads(json.dumps(results))
+  for name in ("results.txt", "results.md", "error_vs_nfe.png", "config.json"):
+    assert (tmp_path / name).stat().st_size > 0
+  config.study.unknown = 1
+  with pytest.raises(ValueError, match="study.unknown"):
+    highdim.run(config, str(tmp_path / "other"))

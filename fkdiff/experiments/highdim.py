@@ -298,6 +298,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t = time.time()
     summary = measure(prob, method, levels, s.num_particles, s.runs, s.batches, config.seed)
     summary["levels"] = levels
+    summary["particles"] = s.num_particles
     summary["exact_masses"] = [round(float(m), 4) for m in prob.reference.mode_masses]
     results.setdefault(shape_text, {}).setdefault(pname, {}).setdefault(method, {})[
         str(budget)] = summary
@@ -310,9 +311,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(line + f"  ({time.time() - t:.0f} s)", flush=True)
     lines.append(line)
   common.write_results(workdir, results, "\n".join(lines))
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(markdown_table(results) + "\n")
   from fkdiff.evaluation import plots
   plots.error_vs_nfe_figure(os.path.join(workdir, "error_vs_nfe.png"), results)
   return results
+
+
+def markdown_table(results: dict) -> str:
+  """The study's results (:func:`run`) as a Markdown table, one row per d, target, method and
+  budget: largest mode-mass error ± s.e., variance ratio ± s.e., smallest ESS, samples."""
+  lines = ["| d | target | method | NFE / sample | levels | largest mode-mass error | variance "
+           "ratio | min ESS / N | samples | s / sample |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for shape, by_problem in results.items():
+    size = int(np.prod(parse_shape(shape)))
+    for pname, by_method in by_problem.items():
+      for method, by_budget in by_method.items():
+        for budget in sorted(by_budget, key=int):
+          r = by_budget[budget]
+          n = r.get("particles", float("nan"))
+          lines.append(
+              f"| {size:,} | {pname} | {method} | {r['nfe_per_sample']:.0f} | {r['levels']} | "
+              f"{r['mode_mass_error']:.4f} ± {r['mode_mass_error_se']:.4f} | "
+              f"{r['var_ratio']:.4f} ± {r['var_ratio_se']:.4f} | "
+              f"{r['min_ess'] / n:.2f} | {r['samples']} | "
+              f"{r['seconds_per_sample']:.4f} |")
+  return "\n".join(lines)
 
 
 def warnings_for(summary: Dict[str, float]) -> Sequence[str]:

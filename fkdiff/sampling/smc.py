@@ -512,8 +512,9 @@ def setting_warnings(smc: SMC, event_shape: Sequence[int]) -> list:
   scheme = smc.weights
   if size <= HIGH_DIMENSION or not isinstance(scheme, ScoreOnly):
     return []
-  try:
-    scale = float(np.asarray(smc.target.scale))
+  try:    # from the concrete weights (a target closed over by jit is still concrete here)
+    total = float(np.sum(np.asarray(smc.target.weights)))
+    scale = total if total > 0 else 1.0
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     scale = None
   out = []
