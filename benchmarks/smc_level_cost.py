@@ -44,7 +44,7 @@ def main():
   for dim in (2, 3072):
     rng = np.random.default_rng(0)
     means = rng.standard_normal((8, dim)).astype(np.float32)
-    target = targets.tempered(gmm.diagonal_energy(np.ones(8), means, 0.1), 2.0)
+    target = targets.tempered(gmm.diagonal_energy(np.ones(8), means, np.full(8, 0.1)), 2.0)
     for name, scheme in schemes().items():
       fn = jax.jit(lambda key, s=scheme: smc_sample(key, target, sigmas, args.particles, (dim,),
                                                     sigma_data=1.0, weights=s).particles)
