@@ -306,7 +306,7 @@ def test_hard_box_and_reward_tilt_telescoping_terms():
   key = jax.random.split(jax.random.key(600 + K_SMALL), 64)[0]
   res = jax.jit(lambda k: smc_sample(k, case["target"],
                                      karras_sigmas(K_SMALL + 1, SIGMA_MIN, SIGMA_MAX), 1000, (1,),
-                                     sigma_data=1.0))(key)
+                                     sigma_data=1.0, weights=ScoreOnly()))(key)
   np.testing.assert_allclose(res.particles, raw[K_SMALL][0][0], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(np.isfinite(res.log_weights), np.isfinite(raw[K_SMALL][1][0]))
   alive = np.isfinite(np.asarray(res.log_weights))
