@@ -146,9 +146,8 @@ def levels_for_budget(method: str, size: int, budget: int) -> int:
   return max(2, budget // nfe_per_level(method, size))
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(problem_key, method: str, levels: int, num: int, weighted: bool):
-  prob = _PROBLEMS[problem_key]
+def _sampler(prob: Problem, method: str, levels: int, num: int, weighted: bool):
+  """The jitted ``keys (R,) -> (particles, log_weights, min ESS)`` of R independent runs."""
   sigmas = karras_sigmas(levels + 1, SIGMA_MIN, SIGMA_MAX)
   shape = prob.event_shape
 
@@ -166,9 +165,6 @@ def _compiled(problem_key, method: str, levels: int, num: int, weighted: bool):
   return jax.jit(jax.vmap(one))
 
 
-_PROBLEMS: Dict[Tuple, Problem] = {}
-
-
 def run_method(prob: Problem, method: str, levels: int, num_particles: int, runs: int,
                seed: int, weighted: bool = False):
   """``runs`` independent runs of ``method`` on ``prob`` (vmapped).
@@ -177,9 +173,7 @@ def run_method(prob: Problem, method: str, levels: int, num_particles: int, runs
     ``(z (runs, N, d) DCT coordinates, normalised weights (runs, N) (each run's summing to 1),
     NFE per sample, seconds per sample, smallest ESS over levels and runs)``.
   """
-  key = (prob.name, prob.event_shape)
-  _PROBLEMS[key] = prob
-  fn = _compiled(key, method, levels, num_particles, weighted)
+  fn = _sampler(prob, method, levels, num_particles, weighted)
   keys = jax.random.split(jax.random.PRNGKey(seed), runs)
   fn = fn.lower(keys).compile()                                 # compile outside the timing
   t = time.time()
