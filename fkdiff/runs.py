@@ -165,7 +165,8 @@ def restore_params(workdir: str, use_ema: bool = True,
       raise CheckpointError(
           f"Cannot read checkpoint step {step} of {workdir}: it is unreadable (corrupt or "
           f"partially written) or not an fkdiff checkpoint. Cause: {type(e).__name__}: "
-          f"{str(e)[:500]}") from e
+          f"{checkpoint.first_line(e)}") from e
+    checkpoint.verify_digests(manager, step, tree)
   return tree[name], int(step)
 
 
@@ -188,7 +189,27 @@ def load(workdir: str, use_ema: bool = True,
   return Run(config, step, params, sigma_data, denoise_fn, energy_fn)
 
 
+def stage_runs(workdir: str) -> list:
+  """``(relative path, task)`` of the training runs inside a job's workdir (its stages:
+  ``teacher``, ``energies/<name>``, …), sorted by path."""
+  found = []
+  for root, dirs, files in os.walk(workdir):
+    dirs[:] = sorted(d for d in dirs if d != "checkpoints")
+    if root != workdir and checkpoint.CONFIG_FILE in files:
+      config = checkpoint.read_config(root)
+      if config is not None and "task" in config:
+        found.append((os.path.relpath(root, workdir), config.task))
+  return sorted(found)
+
+
 def _check_task(workdir: str, config: ml_collections.ConfigDict, tasks, instead: str) -> None:
+  if "task" not in config:
+    stages = [f"{path} ({task})" for path, task in stage_runs(workdir) if task in tasks]
+    where = (f"Its runs of this kind: {', '.join(stages)}; load one with its path, e.g. "
+             f"{os.path.join(workdir, stages[0].split(' ')[0])!r}." if stages
+             else "It holds no run of this kind.")
+    raise CheckpointError(f"{workdir} is the workdir of {checkpoint.run_kind(config)}, not of "
+                          f"one training run. {where}")
   if config.task not in tasks:
     raise ValueError(f"{workdir} holds a {config.task!r} run; {instead}.")
 

@@ -77,6 +77,16 @@ def test_a_corrupt_checkpoint_is_one_message(tmp_path):
   assert f"Remove {tmp_path / 'checkpoints' / '60'} to resume from step 30" in out, out
 
 
+def test_a_workdir_that_is_a_file_is_one_message(tmp_path):
+  """It was a 30-line traceback after 15 s; now one line, before any training is set up."""
+  (tmp_path / "file").write_text("x")
+  rc, lines = _launch("--config=configs/toy2d_teacher.py:smoke", f"--workdir={tmp_path / 'file'}")
+  out = "\n".join(lines)
+  assert rc != 0 and len(lines) <= MAX_LINES and "Traceback" not in out, out
+  assert f"CheckpointError: --workdir {tmp_path / 'file'} is a file" in out, out
+  assert (tmp_path / "file").read_text() == "x"
+
+
 def _launch_module():
   spec = importlib.util.spec_from_file_location("launch", os.path.join(ROOT, "launch.py"))
   module = importlib.util.module_from_spec(spec)

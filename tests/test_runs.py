@@ -140,6 +140,104 @@ def test_corrupt_checkpoint_is_reported(trained, tmp_path):
     runs.load_energy(str(energy))
 
 
+def _toy_job_config():
+  from conftest import ROOT
+  from fkdiff.training.config import config_module
+  return config_module(os.path.join(ROOT, "configs/toy2d.py")).get_config("smoke")
+
+
+def _tree_bytes(root):
+  """Every file under ``root`` with its bytes (and the set of paths)."""
+  out = {}
+  for d, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(d, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = f.read()
+  return out
+
+
+def test_a_job_or_another_task_never_writes_into_a_run(trained, tmp_path):
+  """A toy job launched into a teacher's workdir, a distillation into a teacher's and a teacher
+  into a distillation's are refused before anything is written: every file byte-identical."""
+  from fkdiff.experiments import toy2d
+  teacher = _copy(trained["teacher"][0], tmp_path, "teacher")
+  energy = _copy(trained["energy"][0], tmp_path, "energy")
+  before = {p: _tree_bytes(p) for p in (teacher, energy)}
+  job = _toy_job_config()
+  with pytest.raises(checkpoint.CheckpointError, match="holds a teacher run; this is a toy2d job"):
+    toy2d.run(job, str(teacher))
+  with pytest.raises(checkpoint.CheckpointError, match="holds a teacher run; this is a distill"):
+    train_and_evaluate(_config("distill", str(trained["teacher"][0])), str(teacher))
+  with pytest.raises(checkpoint.CheckpointError, match="holds a distill run; this is a teacher"):
+    train_and_evaluate(_config("teacher"), str(energy))
+  assert {p: _tree_bytes(p) for p in (teacher, energy)} == before
+
+
+def test_a_relaunch_that_would_change_what_the_weights_mean_is_refused(trained, tmp_path):
+  """A finished teacher relaunched on other data is refused (it exited 0 after rewriting
+  config.json over the unchanged weights), leaving every file as it was; the same config
+  relaunched is accepted."""
+  teacher = _copy(trained["teacher"][0], tmp_path, "teacher")
+  before = _tree_bytes(teacher)
+  other = _config("teacher")
+  other.data.mixture = "grid"
+  with pytest.raises(checkpoint.CheckpointError, match="data.mixture: 'ring' in the workdir"):
+    train_and_evaluate(other, str(teacher))
+  assert _tree_bytes(teacher) == before
+  train_and_evaluate(trained["teacher"][1], str(teacher))      # the same run: fine
+
+
+def test_a_workdir_that_cannot_be_one_is_one_line(tmp_path):
+  (tmp_path / "file").write_text("x")
+  for bad, says in ((tmp_path / "file", "is a file"),
+                    (tmp_path / "file" / "run", "is inside the file")):
+    with pytest.raises(checkpoint.CheckpointError, match=says) as e:
+      train_and_evaluate(_config("teacher"), str(bad))
+    assert "\n" not in str(e.value)
+  assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_job_workdir_lists_the_runs_inside(trained, tmp_path):
+  """load_energy / load_teacher on a job's workdir name its stage runs (it raised
+  ``AttributeError: 'task'``); a distillation without teacher.workdir says how to set it."""
+  job = tmp_path / "job"
+  (job / "energies").mkdir(parents=True)
+  shutil.copytree(trained["teacher"][0], job / "teacher")
+  shutil.copytree(trained["energy"][0], job / "energies" / "plain")
+  checkpoint.write_config(str(job), _toy_job_config())
+  with pytest.raises(checkpoint.CheckpointError, match=r"toy2d job.*energies/plain \(distill\)"):
+    runs.load_energy(str(job))
+  with pytest.raises(checkpoint.CheckpointError, match=r"teacher \(teacher\)"):
+    runs.load_teacher(str(job))
+  with pytest.raises(checkpoint.CheckpointError, match="teacher.workdir is not set"):
+    train_and_evaluate(_config("distill", ""), str(tmp_path / "energy"))
+  assert not (tmp_path / "energy").exists()
+
+
+def test_arrays_swapped_in_from_another_step_are_detected(trained, tmp_path):
+  """A checkpoint whose arrays are valid but not the ones saved (step 10's data under step 20:
+  what a flipped bit in an uncompressed chunk also looks like to orbax) is a CheckpointError on
+  every restore path, naming the step; the untouched step still loads."""
+  from fkdiff.training.train import make_trainer
+  teacher = _copy(trained["teacher"][0], tmp_path, "teacher")
+  steps = teacher / "checkpoints"
+  shutil.rmtree(steps / "20" / "default")
+  shutil.copytree(steps / "10" / "default", steps / "20" / "default")
+  with pytest.raises(checkpoint.CheckpointError, match="step 20 .* is corrupt: its (ema_)?params"):
+    runs.load_teacher(str(teacher))
+  with pytest.raises(checkpoint.CheckpointError, match="step 20 .* is corrupt"):
+    checkpoint.load_run(str(teacher))
+  trainer = make_trainer(trained["teacher"][1])
+  abstract = jax.eval_shape(trainer.make_state, trainer.init_key)
+  manager = checkpoint.make_manager(str(teacher), 3, 10)
+  with pytest.raises(checkpoint.CheckpointError, match="step 20 .* is corrupt"):
+    checkpoint.restore_latest(manager, abstract)
+  manager.close()
+  shutil.rmtree(steps / "20")
+  assert runs.load_teacher(str(teacher))[1] is not None       # step 10 is intact
+
+
 def test_the_shipped_demo_energies_load():
   """Runs exported before σ_d was recorded (colabs/digits_demo): images, σ_d = 0.5."""
   from conftest import ROOT

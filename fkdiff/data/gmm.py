@@ -78,6 +78,9 @@ def diffuse(gmm: GaussianMixture, sigma) -> GaussianMixture:
 
 def _component_log_probs(gmm: GaussianMixture, x: Array) -> Array:
   """``log w_k + log N(x; μ_k, Σ_k)`` for every component; ``x`` is ``(d,)``, returns ``(K,)``."""
+  if x.shape != gmm.means.shape[1:]:
+    raise ValueError(f"this Gaussian mixture is {gmm.means.shape[1]}-dimensional: x must have "
+                     f"shape {gmm.means.shape[1:]} (one example), got {x.shape}.")
   chol = jnp.linalg.cholesky(gmm.covs)                              # (K, d, d)
   diff = x[None, :] - gmm.means                                     # (K, d)
   z = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]

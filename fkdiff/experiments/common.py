@@ -64,18 +64,25 @@ def time_consistent_distill(distill: ml_collections.ConfigDict,
 
 
 def start_job(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Creates ``workdir`` (made absolute) and writes the resolved ``config.json``; returns it."""
+  """Checks ``workdir`` (``checkpoint.check_workdir``: a directory that holds no run of another
+  kind), creates it and returns it made absolute. The job's ``config.json`` is written here
+  only on its first launch; a relaunch rewrites it in :func:`write_results`, once the job has
+  run with it (a relaunch refused by a stage's checks leaves every file as it was)."""
+  checkpoint.check_workdir(workdir, config)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+  checkpoint.make_workdir(workdir)
+  if checkpoint.read_config(workdir) is None:
+    checkpoint.write_config(workdir, config)
   return workdir
 
 
-def write_results(workdir: str, results: dict, table: str) -> None:
-  """``results.json``, ``results.txt`` (the printed table) and TensorBoard scalars of every
-  numeric leaf of ``results`` (tag = its path joined by ``/``)."""
+def write_results(workdir: str, results: dict, table: str,
+                  config: ml_collections.ConfigDict) -> None:
+  """``results.json``, ``results.txt`` (the printed table), TensorBoard scalars of every
+  numeric leaf of ``results`` (tag = its path joined by ``/``) and the ``config.json`` that
+  produced them."""
   from clu import metric_writers
+  checkpoint.write_config(workdir, config)
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   scalars = {}

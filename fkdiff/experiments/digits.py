@@ -552,5 +552,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train, test = digits_arrays(config.data_dir, "train"), digits_arrays(config.data_dir, "test")
   judge = get_classifier(config, workdir, train, test)
   results = run_tasks(config, workdir, sources, judge, train)
-  common.write_results(workdir, results, format_table(results))
+  common.write_results(workdir, results, format_table(results), config)
   return results

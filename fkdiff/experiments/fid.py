@@ -255,5 +255,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
            f"run at step {run_step}, {s.name} {s.num_steps} levels, guidance {s.guidance:g}; "
            f"reference: {results['reference_images']} images)")
   if jax.process_index() == 0:
-    write_results(workdir, results, table)
+    write_results(workdir, results, table, config)
   return results

@@ -304,7 +304,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       line += f"  [{warning}]"
     print(line + f"  ({time.time() - t:.0f} s)", flush=True)
     lines.append(line)
-  common.write_results(workdir, results, "\n".join(lines))
+  common.write_results(workdir, results, "\n".join(lines), config)
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(markdown_table(results) + "\n")
   from fkdiff.evaluation import plots

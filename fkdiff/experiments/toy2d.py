@@ -403,5 +403,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mixtures[name] = toy.get_mixture(ds.mixture, **kwargs)
   distilled = {source: load_learned(dirs) for source, dirs in train_models(config, workdir).items()}
   results = run_tasks(config, workdir, distilled, mixtures)
-  common.write_results(workdir, results, format_table(results))
+  common.write_results(workdir, results, format_table(results), config)
   return results

@@ -62,6 +62,10 @@ class MLP(nn.Module):
       if label is None:
         label = jnp.full(y.shape[:-1], self.num_classes, jnp.int32)
       emb = emb + nn.Embed(self.num_classes + 1, self.width)(label)
+    elif label is not None:
+      raise ValueError("a label was passed to an unconditional network (num_classes = 0): it "
+                       "would be ignored. Pass label=None, or train a conditional model "
+                       "(model.num_classes > 0).")
     emb = nn.silu(emb)
     h = nn.Dense(self.width)(y)
     for _ in range(self.depth):

@@ -164,6 +164,10 @@ class UNet(nn.Module):
         label = null_label(self.num_classes, batch_shape=(batch,))
       label = jnp.broadcast_to(jnp.asarray(label, jnp.int32), (batch,))
       emb = emb + nn.Embed(self.num_classes + 1, units)(label)
+    elif label is not None:
+      raise ValueError("a label was passed to an unconditional network (num_classes = "
+                       "num_attributes = 0): it would be ignored. Pass label=None, or train a "
+                       "conditional model (model.num_classes > 0).")
     return nn.silu(emb)
 
   @nn.compact

@@ -194,7 +194,7 @@ def annealed_mcmc_sample(key: Array, potential: Callable[[Array, Array], Array],
   """
   kern = get_kernel(kernel, num_leapfrog)
   step_size_fn = resolve_step_size(step_size)
-  sigmas = jnp.asarray(sigmas, jnp.float32)
+  sigmas = jnp.asarray(sigmas, x_init.dtype)   # the samples' dtype (float64 under x64)
   if target_acceptance is not None and not 0.0 < target_acceptance < 1.0:
     raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance}.")
 
@@ -209,9 +209,10 @@ def annealed_mcmc_sample(key: Array, potential: Callable[[Array, Array], Array],
     else:   # the schedule's own change to the next level, times the acceptance correction.
       h_next = (h * step_size_fn(sigma_next) / step_size_fn(sigma)
                 * jnp.exp(2.0 * (acc - target_acceptance)))
-    return (states.position, h_next), (acc, h)
+    return ((states.position.astype(x.dtype), jnp.asarray(h_next, h.dtype)),
+            (jnp.asarray(acc, h.dtype), h))
 
-  h0 = jnp.asarray(step_size_fn(sigmas[0]), jnp.float32)
+  h0 = jnp.asarray(step_size_fn(sigmas[0]), x_init.dtype)
   nexts = jnp.append(sigmas[1:], sigmas[-1])
   (x, _), (acc, h) = jax.lax.scan(
       level, (x_init, h0), (jax.random.split(key, sigmas.shape[0]), sigmas, nexts))

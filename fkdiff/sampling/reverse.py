@@ -15,10 +15,10 @@ Array = jax.Array
 
 
 def prior_sample(key: Array, num: int, event_shape: Sequence[int], sigma_max: float,
-                 sigma_data: float) -> Array:
+                 sigma_data: float, dtype=jnp.float32) -> Array:
   """Draws ``num`` points from ``N(0, (σ_max² + σ_d²) I)``; returns ``(num, *event_shape)``."""
-  std = jnp.sqrt(jnp.asarray(sigma_max, jnp.float32)**2 + sigma_data**2)
-  return std * jax.random.normal(key, (num, *tuple(event_shape)), jnp.float32)
+  std = jnp.sqrt(jnp.asarray(sigma_max, dtype)**2 + sigma_data**2).astype(dtype)
+  return std * jax.random.normal(key, (num, *tuple(event_shape)), dtype)
 
 
 def _per_particle(fn: Callable[[Array, Array], Array]) -> Callable[[Array, Array], Array]:
@@ -40,7 +40,7 @@ def heun_sample(denoise_fn: Callable[[Array, Array], Array], x_init: Array,
   Returns:
     ``(N, *event_shape)`` samples at σ = 0.
   """
-  sigmas = jnp.asarray(sigmas, jnp.float32)
+  sigmas = jnp.asarray(sigmas, x_init.dtype)   # the samples' dtype (float64 under x64)
   denoise = _per_particle(denoise_fn)
 
   def step(x, s):
@@ -48,7 +48,7 @@ def heun_sample(denoise_fn: Callable[[Array, Array], Array], x_init: Array,
     d_cur = (x - denoise(x, s_cur)) / s_cur
     x_euler = x + (s_next - s_cur) * d_cur
     d_next = (x_euler - denoise(x_euler, s_next)) / s_next
-    return x + (s_next - s_cur) * 0.5 * (d_cur + d_next), None
+    return (x + (s_next - s_cur) * 0.5 * (d_cur + d_next)).astype(x.dtype), None
 
   x, _ = jax.lax.scan(step, x_init, (sigmas[:-1], sigmas[1:]))
   # Final Euler step σ_{K-1} → 0: x + (0 − σ)(x − D)/σ = D(x, σ_{K-1}).
@@ -67,7 +67,7 @@ def euler_maruyama_sample(key: Array, score_fn: Callable[[Array, Array], Array],
   Returns:
     ``(N, *event_shape)`` samples at level ``sigmas[-1]`` (no final denoising).
   """
-  sigmas = jnp.asarray(sigmas, jnp.float32)
+  sigmas = jnp.asarray(sigmas, x_init.dtype)   # the samples' dtype (float64 under x64)
   score = _per_particle(score_fn)
   keys = jax.random.split(key, sigmas.shape[0] - 1)
 
@@ -75,7 +75,7 @@ def euler_maruyama_sample(key: Array, score_fn: Callable[[Array, Array], Array],
     k, s_cur, s_next = inp
     delta = s_cur**2 - s_next**2
     z = jax.random.normal(k, x.shape, x.dtype)
-    return x + delta * score(x, s_cur) + jnp.sqrt(delta) * z, None
+    return (x + delta * score(x, s_cur) + jnp.sqrt(delta) * z).astype(x.dtype), None
 
   x, _ = jax.lax.scan(step, x_init, (keys, sigmas[:-1], sigmas[1:]))
   return x

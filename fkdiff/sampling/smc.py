@@ -25,12 +25,25 @@ between levels) and ``vmap`` the driver over keys or conditions.
 (up to the negligible effect of the adaptive resampling trigger); ``log Ẑ`` itself is biased low,
 and an energy gauge ``c(σ)`` shifts it by ``−c(σ_K)``. Under score-only weights it is NaN.
 
-**Invalid weights.** NaN or ``+inf`` increments and non-finite particles get log-weight ``−inf``
-(the particle is dropped at the next resampling). If *all* weights are ``−inf`` at some level
-(e.g. every particle outside a hard box), resampling is uniform (see
-:mod:`fkdiff.sampling.resampling`), ``log Ẑ = −inf``, and ``SMCResult.weights_invalid`` is True
-(per level: ``SMCInfo.weights_invalid``); the particles are then *not* samples of the target.
-``SMCResult.num_nonfinite`` counts particles with non-finite coordinates (they carry weight 0).
+**Where the target is zero or undefined.** The support of ``γ_k`` is ``S_k = {x : U(x, σ_k)
+finite}``: a particle whose potential is ``+inf`` (a hard bound) or NaN (undefined) gets
+log-weight ``−inf`` under every scheme (it is dropped at the next resampling); NaN potentials are
+counted per level (``SMCInfo.num_nan``; in all: ``SMCResult.num_nan_energies``). The backward
+kernel ``N(x; x', v I)`` of the weights (METHOD.md §4) must live on ``S_k`` too, or a particle that
+would leave and re-enter the support is missing from the weights and the particles are pushed
+away from the boundary (docs/METHOD.md §4d): it is renormalised to ``S_k``, which multiplies the
+increment by ``1/P_k(x')``, ``P_k(x') = Pr(x' + sqrt(v) z ∈ S_k)``, estimated without bias by
+counting draws of ``z`` until the first lands in ``S_k`` (a geometric count, mean ``1/P_k``; at
+most ``MAX_SUPPORT_TRIALS``; value-only evaluations of ``U(·, σ_k)``; ``SMCInfo.support_trials``).
+The trials run at a level only when some particle of it has a non-finite potential, so a target
+that is finite everywhere pays nothing.
+
+**Invalid weights.** NaN or ``+inf`` increments and non-finite particles get log-weight ``−inf``.
+If *all* weights are ``−inf`` at some level (e.g. every particle outside a hard box), resampling
+is uniform (see :mod:`fkdiff.sampling.resampling`), ``log Ẑ = −inf``, and
+``SMCResult.weights_invalid`` is True (per level: ``SMCInfo.weights_invalid``); the particles are
+then *not* samples of the target. ``SMCResult.num_nonfinite`` counts particles with non-finite
+coordinates (they carry weight 0).
 
 **Sharding.** With ``mesh`` (a 1-D ``jax.sharding.Mesh``) the particle axis of every carried array
 is constrained to ``NamedSharding(mesh, P(axis))``; XLA partitions the scan and performs the
@@ -40,9 +53,9 @@ result equals the single-device one for the same key (up to float reduction orde
 Everything is ``jax.jit``-able (close over the callables and static options); the driver's loop is
 a ``lax.scan`` over the K levels (compile time independent of K) with no host callbacks. With
 score-only left-rule weights and no rejuvenation the last level runs after the scan without the
-energies' σ_K evaluation: its increment needs only the terms there, and the gradient would only
-feed a next proposal (K evaluations of the energies in all, at σ_0 … σ_{K−1}, as plain reverse
-diffusion).
+energies' gradients at σ_K: its increment needs only the terms there and the values (for the
+support), and the gradient would only feed a next proposal (K value-and-gradient evaluations of
+the energies in all, at σ_0 … σ_{K−1}, as plain reverse diffusion, and one value-only pass).
 """
 
 import functools
@@ -122,12 +135,17 @@ class SMCInfo(NamedTuple):
     resampled: whether the particles were resampled at σ_k.
     acceptance_rate: mean MCMC acceptance probability of the rejuvenation at σ_k (0 if none).
     weights_invalid: all weights were ``−inf``/NaN at σ_k.
+    num_nan: number of particles whose potential at σ_k is NaN (before the resampling).
+    support_trials: mean number of support trials per particle for the proposals of this step
+      (0 where every potential was finite: module docstring).
   """
   sigma: Array
   ess: Array
   resampled: Array
   acceptance_rate: Array
   weights_invalid: Array
+  num_nan: Array
+  support_trials: Array
 
 
 class SMCResult(NamedTuple):
@@ -141,6 +159,8 @@ class SMCResult(NamedTuple):
     info: :class:`SMCInfo`, per level σ_0 … σ_{K−1}.
     weights_invalid: True if the weights were all ``−inf``/NaN at any level or at the end.
     num_nonfinite: number of returned particles with a non-finite coordinate.
+    num_nan_energies: NaN potentials met, summed over the levels σ_0 … σ_K (those particles
+      carry weight 0: module docstring).
   """
   particles: Array
   log_weights: Array
@@ -149,6 +169,7 @@ class SMCResult(NamedTuple):
   info: SMCInfo
   weights_invalid: Array
   num_nonfinite: Array
+  num_nan_energies: Array
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +219,25 @@ def _check_sigmas(sigmas) -> None:
                      f"{s}.")
 
 
+def check_event_shape(event_shape) -> Tuple[int, ...]:
+  """``event_shape`` as a tuple of positive ints; a clear ValueError for anything else (an int,
+  a zero or negative size)."""
+  if not isinstance(event_shape, (tuple, list)) or not all(
+      isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in event_shape):
+    raise ValueError("event_shape must be a tuple of positive ints, the shape of one example "
+                     f"(e.g. (2,) or (32, 32, 3)), got {event_shape!r}.")
+  return tuple(int(d) for d in event_shape)
+
+
+def _check_concrete_positive_scalar(name: str, value) -> None:
+  try:
+    v = np.asarray(value)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return   # traced: not checked
+  if v.shape != () or not np.isfinite(v) or not v > 0:
+    raise ValueError(f"{name} must be a finite scalar > 0, got {value!r}.")
+
+
 def _check_callable(name: str, fn, event_shape, want_shape) -> None:
   """Traces ``fn(x, σ)`` abstractly and checks its output shape; clear ValueError otherwise."""
   x = jax.ShapeDtypeStruct(tuple(event_shape), jnp.float32)
@@ -238,6 +278,25 @@ def _over_particles_args(fn: Callable, chunk: Optional[int]) -> Callable:
   return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=chunk)
 
 
+def _float_dtype(a) -> jnp.dtype:
+  """The sampler's working dtype: the levels' floating dtype (float64 under ``jax_enable_x64``
+  with float64 levels), else float32."""
+  dtype = jnp.asarray(a).dtype
+  return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(jnp.float32)
+
+
+def _like(tree, ref):
+  """``tree`` with every leaf cast to the dtype of the matching leaf of ``ref`` (energies that
+  promote to another dtype do not change the scan's carry)."""
+  return jax.tree.map(lambda a, r: jnp.asarray(a).astype(r.dtype), tree, ref)
+
+
+def _cast(tree, dtype):
+  """Floating leaves of ``tree`` cast to ``dtype``."""
+  return jax.tree.map(
+      lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 def _constrain(smc: SMC, tree):
   if smc.sharding is None:
     return tree
@@ -257,11 +316,51 @@ def _eval_key(key: Array) -> Array:
   return jax.random.fold_in(key, 0x5eed)
 
 
-def _sanitize(log_w: Array, x: Array) -> Array:
-  """NaN/+inf log-weights and non-finite particles → −inf (documented behaviour)."""
-  bad = jnp.isnan(log_w) | jnp.isposinf(log_w)
+def _support_key(key: Array) -> Array:
+  """The key of a step's support trials (another stream of its own)."""
+  return jax.random.fold_in(key, 0x5a77)
+
+
+def _sanitize(log_w: Array, x: Array, potential: Array) -> Array:
+  """NaN/+inf log-weights, non-finite particles and particles outside the support (a
+  non-finite potential) → −inf (module docstring)."""
+  bad = jnp.isnan(log_w) | jnp.isposinf(log_w) | ~jnp.isfinite(potential)
   bad |= ~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=-1)
   return jnp.where(bad, -jnp.inf, log_w)
+
+
+# The most support trials per particle and level (module docstring): a particle needing more
+# (P_k(x') ≲ 1/64) keeps the count reached, an underestimate of 1/P_k.
+MAX_SUPPORT_TRIALS = 64
+SUPPORT_HITS = 4
+
+
+def _log_inv_support_prob(smc: SMC, key: Array, x: Array, need: Array, sigma: Array,
+                          var: Array) -> Tuple[Array, Array]:
+  """``log`` of an unbiased estimate of ``1/P(x)``, ``P(x) = Pr(x + sqrt(var) z ∈ S)`` with
+  ``S = {U(·, σ) finite}``, for the particles ``need`` (0 elsewhere): the number of draws of
+  ``z`` up to the first that lands in ``S`` (geometric, mean ``1/P``). Returns ``((N,), mean
+  trials per particle)``; no evaluation at all when ``need`` is all False."""
+  potential = _over_particles(smc.target, smc.particle_chunk_size)
+
+  def body(carry):
+    i, count, hits = carry
+    z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+    inside = jnp.isfinite(potential(x + jnp.sqrt(var) * z, sigma))
+    todo = hits < SUPPORT_HITS
+    return i + 1, count + todo.astype(jnp.int32), hits + (todo & inside).astype(jnp.int32)
+
+  zeros = jnp.zeros(need.shape, jnp.int32)
+  init_hits = jnp.where(need, 0, SUPPORT_HITS).astype(jnp.int32)
+  _, count, _ = jax.lax.while_loop(
+      lambda c: (c[0] < MAX_SUPPORT_TRIALS) & jnp.any(c[2] < SUPPORT_HITS), body,
+      (jnp.zeros((), jnp.int32), zeros, init_hits))
+  log_inv = jnp.where(need, jnp.log(jnp.maximum(count, 1).astype(x.dtype) / SUPPORT_HITS), 0.0)
+  return log_inv, jnp.mean(count.astype(x.dtype))
+
+
+def _num_nan(potential: Array) -> Array:
+  return jnp.sum(jnp.isnan(potential)).astype(jnp.int32)
 
 
 def init(smc: SMC, key: Array, sigma: Array, num_particles: int, event_shape: Sequence[int], *,
@@ -272,16 +371,18 @@ def init(smc: SMC, key: Array, sigma: Array, num_particles: int, event_shape: Se
     init_std: standard deviation of the initial Gaussian; default ``sqrt((σ_0² + σ_d²)/s)``
       with the scheme's start scale ``s``.
   """
-  sigma = jnp.asarray(sigma, jnp.float32)
+  dtype = _float_dtype(sigma)
+  sigma = jnp.asarray(sigma, dtype)
   start_scale, _ = smc.weights.scales(smc.target)
   std = (jnp.sqrt((sigma**2 + sigma_data**2) / start_scale) if init_std is None
-         else jnp.float32(init_std))
-  x = std * jax.random.normal(key, (num_particles, *event_shape), jnp.float32)
+         else jnp.asarray(init_std, dtype)).astype(dtype)
+  x = std * jax.random.normal(key, (num_particles, *event_shape), dtype)
   x = _constrain(smc, x)
-  log_prior = jax.vmap(_log_normal, in_axes=(0, None, None))(x, jnp.zeros(event_shape), std**2)
-  ev = _evaluate(smc, x, sigma, _eval_key(key))
-  log_w = _sanitize(-ev.potential - log_prior, x)
-  return _constrain(smc, SMCState(x, log_w, jnp.zeros((), jnp.float32), sigma, ev))
+  log_prior = jax.vmap(_log_normal, in_axes=(0, None, None))(x, jnp.zeros(event_shape, dtype),
+                                                              std**2)
+  ev = _cast(_evaluate(smc, x, sigma, _eval_key(key)), dtype)
+  log_w = _sanitize(-ev.potential - log_prior, x, ev.potential).astype(dtype)
+  return _constrain(smc, SMCState(x, log_w, jnp.zeros((), dtype), sigma, ev))
 
 
 def _resample(smc: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Array]:
@@ -293,10 +394,10 @@ def _resample(smc: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Array]:
   idx = resampling_lib.get_resampler(smc.resampling.scheme)(k_res, lw, num)
   take = lambda a: a[idx]
   state = _constrain(smc, SMCState(take(state.particles), jnp.zeros_like(lw),
-                                   state.log_Z + log_mean_w, state.sigma,
-                                   jax.tree.map(take, state.evaluation)))
+                                   (state.log_Z + log_mean_w).astype(state.log_Z.dtype),
+                                   state.sigma, jax.tree.map(take, state.evaluation)))
   if smc.rejuvenation is None:
-    return state, jnp.zeros((), jnp.float32)
+    return state, jnp.zeros((), state.log_Z.dtype)
   sigma, ev = state.sigma, state.evaluation
   potential_fn = lambda y: smc.target(y, sigma)
   full_grad = isinstance(smc.weights, ExactRatio) or smc.target.terms is None
@@ -311,11 +412,12 @@ def _resample(smc: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Array]:
     ev = Evaluation(chains.potential, chains.grad, ev.rate, ev.terms)
   else:
     ev = _evaluate(smc, chains.position, sigma, _eval_key(k_mcmc))
-  return _constrain(smc, state._replace(particles=chains.position, evaluation=ev)), acc
+  new = _like(state._replace(particles=chains.position, evaluation=ev), state)
+  return _constrain(smc, new), jnp.asarray(acc, state.log_Z.dtype)
 
 
 def _keep(smc: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Array]:
-  return state, jnp.zeros((), jnp.float32)
+  return state, jnp.zeros((), state.log_Z.dtype)
 
 
 def step(smc: SMC, key: Array, state: SMCState, sigma_next: Array) -> Tuple[SMCState, SMCInfo]:
@@ -327,32 +429,36 @@ def step(smc: SMC, key: Array, state: SMCState, sigma_next: Array) -> Tuple[SMCS
   return _step(smc, key, state, sigma_next, evaluate=True)
 
 
-def _terms_only(smc: SMC, x: Array, sigma: Array) -> Evaluation:
-  """The terms ``T(x, σ)`` of every particle; the energies' fields are NaN (not evaluated)."""
-  terms = _over_particles(smc.target.term_potential, smc.particle_chunk_size)(x, sigma)
+def _values_only(smc: SMC, x: Array, sigma: Array) -> Evaluation:
+  """The potential ``U(x, σ)`` and terms ``T(x, σ)`` of every particle, without gradients (the
+  gradient and rate fields are NaN: not evaluated)."""
+  over = lambda fn: _over_particles(fn, smc.particle_chunk_size)(x, sigma)
+  terms = over(smc.target.term_potential)
   nan = jnp.full_like(terms, jnp.nan)
-  return Evaluation(nan, jnp.full_like(x, jnp.nan), nan, terms)
+  return Evaluation(over(smc.target), jnp.full_like(x, jnp.nan), nan, terms)
 
 
-def _last_needs_terms_only(smc: SMC) -> bool:
-  """Whether the driver's last step may skip the energies' evaluation at σ_K: the score-only left
-  rule's increment reads the rate at σ_k and the terms only, and without rejuvenation the last
-  step can run outside the scan without tracing the energies again."""
+def _last_needs_values_only(smc: SMC) -> bool:
+  """Whether the driver's last step may skip the energies' gradients at σ_K: the score-only left
+  rule's increment reads the rate at σ_k and the terms only (the values are needed for the
+  support), and without rejuvenation the last step can run outside the scan."""
   return (isinstance(smc.weights, ScoreOnly) and smc.weights.rule == "left"
           and smc.rejuvenation is None)
 
 
 def _step(smc: SMC, key: Array, state: SMCState, sigma_next: Array, *,
           evaluate: bool) -> Tuple[SMCState, SMCInfo]:
-  """:func:`step`; ``evaluate=False`` (only where :func:`_last_needs_terms_only`) evaluates only
-  the terms at σ_{k+1}, so the returned state cannot be stepped from."""
+  """:func:`step`; ``evaluate=False`` (only where :func:`_last_needs_values_only`) evaluates
+  no gradients at σ_{k+1}, so the returned state cannot be stepped from."""
   k_res, k_move = jax.random.split(key)
   num = state.log_weights.shape[0]
   sigma = state.sigma
-  sigma_next = jnp.asarray(sigma_next, jnp.float32)
+  sigma_next = jnp.asarray(sigma_next, sigma.dtype)
   # 1. adaptive resampling (+ rejuvenation) at σ_k.
   ess = resampling_lib.ess(state.log_weights)
   invalid = resampling_lib.all_weights_invalid(state.log_weights)
+  num_nan = _num_nan(state.evaluation.potential)
+  outside_before = jnp.any(~jnp.isfinite(state.evaluation.potential))
   lo, hi = smc.resampling.sigma_range or (-jnp.inf, jnp.inf)
   do_resample = (ess < smc.resampling.ess_threshold * num) & (sigma >= lo) & (sigma <= hi)
   state, acc = jax.lax.cond(do_resample, functools.partial(_resample, smc),
@@ -373,13 +479,18 @@ def _step(smc: SMC, key: Array, state: SMCState, sigma_next: Array, *,
     x_new = _over_particles_args(move, smc.particle_chunk_size)(x, state.evaluation.grad, noise)
   # 3. evaluate at σ_{k+1} (the step's only evaluation) and reweight.
   ev = (_evaluate(smc, x_new, sigma_next, _eval_key(key)) if evaluate
-        else _terms_only(smc, x_new, sigma_next))
+        else _values_only(smc, x_new, sigma_next))
   kernel_ratio = jax.vmap(lambda a, b, m: _log_normal(a, b, var) - _log_normal(b, m, var))(
       x, x_new, mean)                                 # log L_k(x | x') − log M_k(x' | x)
   inc = smc.weights.log_increment(state.evaluation, ev, kernel_ratio, sigma, sigma_next)
-  log_w = _sanitize(state.log_weights + inc, x_new)
-  new = _constrain(smc, SMCState(x_new, log_w, state.log_Z, sigma_next, ev))
-  return new, SMCInfo(sigma, ess, do_resample, acc, invalid)
+  # 4. the backward kernel renormalised to S_k where the support is not everything (docstring).
+  inside_old, inside_new = jnp.isfinite(state.evaluation.potential), jnp.isfinite(ev.potential)
+  outside = outside_before | jnp.any(~inside_old) | jnp.any(~inside_new)
+  need = outside & inside_old & inside_new & (state.log_weights > -jnp.inf)
+  log_inv_p, trials = _log_inv_support_prob(smc, _support_key(key), x_new, need, sigma, var)
+  log_w = _sanitize(state.log_weights + inc + log_inv_p, x_new, ev.potential)
+  new = _like(SMCState(x_new, log_w, state.log_Z, sigma_next, ev), state)
+  return _constrain(smc, new), SMCInfo(sigma, ess, do_resample, acc, invalid, num_nan, trials)
 
 
 def finish(smc: SMC, key: Array, state: SMCState, info: SMCInfo, *, final_resample: bool = False,
@@ -391,7 +502,7 @@ def finish(smc: SMC, key: Array, state: SMCState, info: SMCInfo, *, final_resamp
   final_invalid = resampling_lib.all_weights_invalid(lw)
   log_Z = state.log_Z + jax.nn.logsumexp(lw) - math.log(num)
   if not smc.weights.estimates_log_z:
-    log_Z = jnp.full((), jnp.nan, jnp.float32)
+    log_Z = jnp.full((), jnp.nan, state.log_Z.dtype)
   final_ess = resampling_lib.ess(lw)
   if final_resample:
     idx = resampling_lib.get_resampler(smc.resampling.scheme)(key, lw, num)
@@ -400,9 +511,10 @@ def finish(smc: SMC, key: Array, state: SMCState, info: SMCInfo, *, final_resamp
     x = _over_particles(denoise_fn, smc.particle_chunk_size)(x, state.sigma)
   x, lw = _constrain(smc, (x, lw))
   num_nonfinite = jnp.sum(~jnp.all(jnp.isfinite(x.reshape(num, -1)), axis=-1))
+  num_nan = jnp.sum(info.num_nan) + _num_nan(state.evaluation.potential)
   return SMCResult(particles=x, log_weights=lw, log_Z=log_Z, ess=final_ess, info=info,
                    weights_invalid=jnp.any(info.weights_invalid) | final_invalid,
-                   num_nonfinite=num_nonfinite)
+                   num_nonfinite=num_nonfinite, num_nan_energies=num_nan)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,8 +545,9 @@ def smc_sample(
     target: a :class:`~fkdiff.sampling.targets.Target` (or a per-example energy ``U(x, σ)``).
     sigmas: strictly decreasing ``(K+1,)`` levels, e.g. ``karras_sigmas(K+1, 0.002, 80)``.
     num_particles: N ≥ 2 (static).
-    event_shape: shape of one example, e.g. ``(2,)`` or ``(H, W, C)`` (static).
-    sigma_data: σ_d of the start ``N(0, (σ_0² + σ_d²)/s I)``.
+    event_shape: shape of one example, a tuple of positive ints, e.g. ``(2,)`` or ``(H, W, C)``
+      (static).
+    sigma_data: σ_d of the start ``N(0, (σ_0² + σ_d²)/s I)``, > 0.
     weights: the weight scheme. Default :data:`fkdiff.sampling.weights.DEFAULT`:
       ``ScoreOnly(rule='trapezoid', noise='matched', proposal='shaped')`` — no energy values
       compared across σ (holds on learned energies), noise matched to the target's scale, the
@@ -462,9 +575,10 @@ def smc_sample(
   if not isinstance(num_particles, (int, np.integer)) or num_particles < 2:
     raise ValueError(f"num_particles must be an int >= 2, got {num_particles!r}.")
   num = int(num_particles)
-  event_shape = tuple(int(d) for d in event_shape)
+  event_shape = check_event_shape(event_shape)
+  _check_concrete_positive_scalar("sigma_data", sigma_data)
   _check_sigmas(sigmas)
-  sigmas = jnp.asarray(sigmas, jnp.float32)
+  sigmas = jnp.asarray(sigmas, _float_dtype(sigmas))
   if sigmas.ndim != 1 or sigmas.shape[0] < 2:
     raise ValueError(f"sigmas must be 1-D with at least 2 levels, got shape {sigmas.shape}.")
   smc = build(target, weights, resampling, rejuvenation, mesh,
@@ -484,7 +598,7 @@ def smc_sample(
   state = init(smc, k_init, sigmas[0], num, event_shape, sigma_data=sigma_data, init_std=init_std)
   keys = jax.random.split(k_steps, sigmas.shape[0] - 1)
   body = lambda st, inp: step(smc, inp[0], st, inp[1])
-  if not _last_needs_terms_only(smc):
+  if not _last_needs_values_only(smc):
     state, info = jax.lax.scan(body, state, (keys, sigmas[1:]))
   else:   # the same steps; the last one without the energies' σ_K evaluation (module docstring)
     state, info = jax.lax.scan(body, state, (keys[:-1], sigmas[1:-1]))
@@ -532,15 +646,18 @@ def setting_warnings(smc: SMC, event_shape: Sequence[int]) -> list:
 
 def diagnostics(result: SMCResult, min_ess: float = 2.0) -> list:
   """What a result's own numbers say about its weights, as messages for a user (empty if
-  nothing): all weights invalid at some level, non-finite particles, or an ESS below
-  ``min_ess`` at some level (the weights degenerated: the particles are then a few draws of the
-  proposal, not of the target)."""
+  nothing): all weights invalid at some level, non-finite particles, NaN potentials, or an ESS
+  below ``min_ess`` at some level (the weights degenerated: the particles are then a few draws
+  of the proposal, not of the target)."""
   out = []
   if bool(result.weights_invalid):
     out.append("all weights were invalid (-inf/NaN) at some level: the particles are not "
                "samples of the target.")
   if int(result.num_nonfinite):
     out.append(f"{int(result.num_nonfinite)} particles have non-finite coordinates.")
+  if int(result.num_nan_energies):
+    out.append(f"{int(result.num_nan_energies)} NaN potentials met over the levels: those "
+               "particles got weight 0, so the target is taken as zero where it is undefined.")
   ess = np.asarray(result.info.ess)
   low = int(np.sum(ess < min_ess)) + int(float(result.ess) < min_ess)
   if low:

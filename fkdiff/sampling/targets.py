@@ -192,12 +192,25 @@ def tempered(energy_fn: TargetLike, beta) -> Target:
 def product(energy_fns: Sequence[TargetLike], weights=None) -> Target:
   """Weighted product (AND): ``U(x, σ) = Σ_i w_i E_i(x, σ)``; default ``w_i = 1``.
 
-  Final target: ``∝ Π_i p_i^{w_i}``. Weights may have any sign (a negative one is a negation).
+  Final target: ``∝ Π_i p_i^{w_i}``.
+
+  Raises:
+    ValueError: a (concrete) negative weight: ``p_1 / p_2^α`` is :func:`negation`, which says when
+      it is normalisable; weights summing to ≤ 0 make no distribution.
   """
   energy_fns = tuple(energy_fns)
   if not energy_fns:
     raise ValueError("product needs at least one energy.")
-  return _combine(energy_fns, _weights(weights, len(energy_fns)))
+  w = _weights(weights, len(energy_fns))
+  try:
+    concrete = np.asarray(w)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    concrete = None   # traced under jit: not checked
+  if concrete is not None and np.any(concrete < 0):
+    raise ValueError(f"product weights must be >= 0, got {concrete}: a negative weight divides "
+                     "by a density (e.g. weights [1, -2] give a target that does not normalise). "
+                     "For 'p_1 and not p_2' use fkdiff.sampling.targets.negation(E1, E2, alpha).")
+  return _combine(energy_fns, w)
 
 
 def conditional_and(uncond_energy_fn: TargetLike, cond_energy_fns: Sequence[TargetLike],
@@ -264,7 +277,8 @@ def negation(energy_fn: TargetLike, negated_energy_fn: TargetLike, alpha=1.0) ->
   Final target: ``∝ p_1(x) / p_2(x)^α`` ("``p_1`` and not ``p_2``"); it is normalisable only if
   ``p_1`` decays faster than ``p_2^α`` (e.g. ``α < 1`` for equal-width Gaussians).
   """
-  return product([energy_fn, negated_energy_fn], jnp.array([1.0, -alpha], jnp.float32))
+  _check_concrete_positive("negation alpha", alpha)
+  return _combine([energy_fn, negated_energy_fn], jnp.array([1.0, -alpha], jnp.float32))
 
 
 def box_sq_distance(x: Array, lower, upper) -> Array:
@@ -301,16 +315,13 @@ def bounded_hard(energy_fn: TargetLike, lower, upper, sigma_on) -> Target:
   levels ``σ ≤ sigma_on`` (a term).
 
   The indicator's gradient is zero, so the drift is the unconstrained one; particles outside
-  ``B`` get weight 0 (log-weight ``−inf``) and are removed by resampling.
-
-  **Choose ``sigma_on`` between the last two levels, ``σ_K ≤ sigma_on < σ_{K−1}``** (the
-  indicator acts at the final level only): the SMC weights are then exact. If the indicator is on
-  at two consecutive levels, the backward kernel ``L_k(x|x') = N(x; x', Δ_k I)`` of METHOD.md §4
-  puts mass on ``x ∉ B`` where ``γ_k(x) = 0`` and the proposal never goes, so the exact-ratio
-  weights are biased (towards the interior of ``B``: the measured mean of ``N(0,1)`` on
-  ``[−0.5, 1.5]`` was 0.40 instead of 0.356 with the indicator on at every level).
-  ``sigma_on = jnp.inf`` (every level) is allowed but biased in this way; for an annealed
-  constraint use :func:`bounded_soft`.
+  ``B`` get weight 0 (log-weight ``−inf``) and are removed by resampling. Any ``sigma_on`` is
+  exact (``jnp.inf``: every level): where the indicator is on at consecutive levels, the sampler
+  renormalises its backward kernel to ``B`` (:mod:`fkdiff.sampling.smc`, "Where the target is
+  zero or undefined"; docs/METHOD.md §4d). Switching it on at the last level only
+  (``σ_K ≤ sigma_on < σ_{K−1}``) costs nothing and gave the smallest spread over seeds
+  (``N(0, 1)`` on ``[−0.5, 1.5]``, 4,096 particles, 100 levels: s.e. 0.004 against 0.009 for
+  ``sigma_on = 1``); an annealed soft constraint is :func:`bounded_soft`.
 
   Final target: ``p`` restricted to ``B`` (``∝ p(x) 1[x ∈ B]``); with weighted output every
   particle of non-zero weight is inside ``B``.

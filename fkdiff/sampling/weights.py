@@ -182,7 +182,9 @@ class ScoreOnly(NamedTuple):
     """The proposal's new point for one particle: ``grad = ∇A(x)``, ``noise = sqrt(aΔ) z``."""
     if self.proposal == "euler":
       return x - var * grad + noise
-    displaced = jax.grad(target.diffusion_potential)(x + noise, sigma)
+    value, displaced = jax.value_and_grad(target.diffusion_potential)(x + noise, sigma)
+    # A displaced point outside the support (+inf/NaN there) has no usable gradient: Euler there.
+    displaced = jnp.where(jnp.isfinite(value), displaced, grad)
     return x + noise - 0.5 * var * (grad + displaced)
 
   def log_increment(self, old: Evaluation, new: Evaluation, log_kernel_ratio: Array,

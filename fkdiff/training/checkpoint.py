@@ -3,14 +3,25 @@
 A workdir holds ``config.json`` (the resolved config of the run) and ``checkpoints/<step>/``.
 Errors name the problem and the fix: a workdir of another model, an unreadable checkpoint,
 a teacher workdir that does not exist.
+
+**Integrity.** Orbax writes a step into a temporary directory and renames it when complete
+(atomic on a POSIX filesystem; ``commit_success.txt`` marks completion on object stores), so a
+save killed half-way leaves no step behind. Nothing in orbax checks the *contents* later: every
+save here records a SHA-256 digest of ``params`` and ``ema_params`` in the step's metadata
+(:func:`save`), and every restore path (:func:`restore_latest`, :func:`load_run`,
+:func:`fkdiff.runs.restore_params`) compares the restored arrays with it
+(:func:`verify_digests`): a flipped bit, or arrays swapped in from another step, is a
+``CheckpointError`` naming the step. Steps saved without digests (older runs) are not checked.
 """
 
+import hashlib
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 CONFIG_FILE = "config.json"
@@ -36,6 +47,45 @@ def make_manager(workdir: str, keep: int, every: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
+DIGEST_KEYS = ("params", "ema_params")
+
+
+def tree_digest(tree) -> str:
+  """SHA-256 over every leaf's path, dtype, shape and bytes (of its first addressable shard:
+  the full array for the replicated parameters of a run)."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    a = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def _parts(state) -> Mapping[str, Any]:
+  return state if isinstance(state, Mapping) else state._asdict()
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
+  """``manager.save`` of a training state with the digests of its parameters (module docstring)."""
+  parts = _parts(state)
+  digests = {k: tree_digest(parts[k]) for k in DIGEST_KEYS if k in parts}
+  return manager.save(step, args=ocp.args.StandardSave(state), force=force,
+                      custom_metadata={"digests": digests})
+
+
+def verify_digests(manager: ocp.CheckpointManager, step: int, restored) -> None:
+  """Raises CheckpointError if a restored part (``params`` / ``ema_params``) differs from the
+  digest saved with ``step``; steps saved without digests pass."""
+  saved = (manager.metadata(step).custom_metadata or {}).get("digests", {})
+  parts = _parts(restored)
+  for key, digest in saved.items():
+    if key in parts and tree_digest(parts[key]) != digest:
+      raise CheckpointError(
+          f"Checkpoint step {step} in {manager.directory} is corrupt: its {key} differ from the "
+          "digest recorded when it was saved. Remove that step's directory to resume from an "
+          "earlier one, or retrain.")
+
+
 def latest_step(workdir: str) -> Optional[int]:
   """The newest checkpoint step in ``workdir``, or ``None`` (reads no arrays)."""
   if not os.path.isdir(checkpoint_dir(workdir)):
@@ -53,11 +103,52 @@ def read_config(workdir: str) -> Optional[ml_collections.ConfigDict]:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def run_kind(config: ml_collections.ConfigDict) -> str:
+  """What a workdir's ``config.json`` says it holds: ``"a toy2d job"``, ``"a teacher run"``, …"""
+  job = config.get("job")
+  return f"a {job} job" if job else f"a {config.get('task', 'training')} run"
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Checks, before anything is written, that ``workdir`` can hold ``config``'s run: it is (or
+  can be made) a directory, and it holds no run of another kind (a job's workdir is never a
+  teacher's, nor a teacher's a distillation's).
+
+  Raises:
+    CheckpointError: one line naming the path and the fix.
+  """
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    where = "is a file" if existing == path else f"is inside the file {existing}"
+    raise CheckpointError(f"--workdir {workdir} {where}, not a directory: pass a directory "
+                          "path (it is created if missing).")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise CheckpointError(f"--workdir {workdir} is not writable (no write permission on "
+                          f"{existing}): pass a directory you can write to.")
+  saved = read_config(path) if existing == path else None
+  if saved is not None and run_kind(saved) != run_kind(config):
+    raise CheckpointError(
+        f"The workdir {workdir} holds {run_kind(saved)}; this is {run_kind(config)}, which would "
+        "overwrite its files. Use a fresh --workdir (nothing was written).")
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates ``workdir``; a CheckpointError naming it if the filesystem refuses."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise CheckpointError(f"Cannot create --workdir {workdir}: {e.strerror}. Pass a directory "
+                          "you can write to.") from None
+
+
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes the resolved config as ``workdir/config.json`` (process 0 only)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
+  make_workdir(workdir)
   path = os.path.join(workdir, CONFIG_FILE)
   with open(path + ".tmp", "w") as f:   # atomic: other processes may be reading the old one.
     f.write(config.to_json(indent=2))
@@ -139,8 +230,15 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any):
     raise CheckpointError(
         f"Cannot restore checkpoint step {step} from {manager.directory}: it is unreadable "
         f"(corrupt or partially written) or was written by a different model. {fix}. "
-        f"Cause: {type(e).__name__}: {str(e)[:500]}") from e
+        f"Cause: {type(e).__name__}: {first_line(e)}") from e
+  verify_digests(manager, step, state)
   return state, step
+
+
+def first_line(error: BaseException) -> str:
+  """An exception's message cut to its first line (orbax's and TensorStore's run to dozens)."""
+  text = str(error).strip().splitlines()
+  return text[0][:300] if text else ""
 
 
 def load_run(workdir: str, sharding: Optional[jax.sharding.Sharding] = None):
@@ -179,5 +277,6 @@ def load_run(workdir: str, sharding: Optional[jax.sharding.Sharding] = None):
       tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:
       raise CheckpointError(f"Cannot read checkpoint step {step} of {workdir}: "
-                            f"{type(e).__name__}: {str(e)[:500]}") from e
+                            f"{type(e).__name__}: {first_line(e)}") from e
+    verify_digests(manager, step, tree)
   return config, tree, step

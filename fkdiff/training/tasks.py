@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from fkdiff import losses, models, runs
+from fkdiff.training.checkpoint import CheckpointError
 from fkdiff.data.source import DataSource
 
 Array = jax.Array
@@ -146,7 +147,13 @@ def frozen_teacher(config: ml_collections.ConfigDict):
     ValueError: if the run there is not a teacher, or its architecture differs from the student's
       while ``teacher.init_student`` is on.
   """
+  if not config.teacher.workdir:
+    raise CheckpointError("Distillation needs a teacher: teacher.workdir is not set. Pass "
+                          "--config.teacher.workdir=<the workdir of a finished teacher run> "
+                          "(train one with configs/toy2d_teacher.py).")
   teacher_config = runs.read_run_config(config.teacher.workdir)
+  if "task" not in teacher_config:      # a job's workdir: the error lists the teachers inside
+    runs.load_teacher(config.teacher.workdir)
   if teacher_config.task != "teacher":
     raise ValueError(f"{config.teacher.workdir} holds a {teacher_config.task!r} run, not a "
                      "teacher; point teacher.workdir at a run of task 'teacher'.")

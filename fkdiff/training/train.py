@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 
 from fkdiff.data.pipeline import make_data_source
@@ -181,9 +180,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   from clu import metric_writers, periodic_actions   # imports TensorFlow: keep it local.
 
+  checkpoint.check_workdir(workdir, config)
   trainer = make_trainer(config)
   task, data, tc = trainer.task, trainer.data, config.training
   checkpoint.check_compatible(workdir, config)
+  if checkpoint.latest_step(workdir) is not None:   # its weights must mean what config says
+    checkpoint.check_same_objective(workdir, recorded_config(config, task))
   manager = checkpoint.make_manager(workdir, tc.keep_checkpoints, tc.checkpoint_every)
   abstract = jax.eval_shape(trainer.make_state, trainer.init_key)
   state, restored_step = checkpoint.restore_latest(manager, abstract)
@@ -217,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_scalars(step, metrics_lib.readable(computed, keys, tc.sigma_bins))
         acc = None
       if step % tc.checkpoint_every == 0 or last:
-        manager.save(step, args=ocp.args.StandardSave(state), force=last)
+        checkpoint.save(manager, step, state, force=last)
     if tc.sample_every and step % tc.sample_every == 0 and not last:
       _save_samples(task, data, state.ema_params, config, workdir, step)
   manager.wait_until_finished()
