@@ -1,6 +1,7 @@
 """Cost of one SMC level per scheme, at d = 2 and d = 3,072 (median of timed runs, compiled).
 
   python benchmarks/smc_level_cost.py [--particles=1024] [--levels=64] [--reps=5]
+                                      [--dims=2,3072] [--schemes=score_unit,exact_ratio]
 
 The target is ``tempered(E, 2)`` of an exact 8-component diagonal mixture
 (:func:`fkdiff.data.gmm.diagonal_energy`). Rows: ``ScoreOnly(noise='unit')`` and ``ExactRatio()``
@@ -37,15 +38,20 @@ def main():
   ap.add_argument("--particles", type=int, default=1024)
   ap.add_argument("--levels", type=int, default=64)
   ap.add_argument("--reps", type=int, default=5)
+  ap.add_argument("--dims", default="2,3072", help="comma-separated event sizes")
+  ap.add_argument("--schemes", default="", help="comma-separated rows (default: all)")
   args = ap.parse_args()
   print(f"{platform.processor() or platform.machine()}, jax {jax.__version__}, "
         f"{jax.devices()[0].platform}; N = {args.particles}, {args.levels} levels")
   sigmas = karras_sigmas(args.levels + 1, 0.002, 80.0)
-  for dim in (2, 3072):
+  only = [n for n in args.schemes.split(",") if n]
+  for dim in (int(d) for d in args.dims.split(",")):
     rng = np.random.default_rng(0)
     means = rng.standard_normal((8, dim)).astype(np.float32)
     target = targets.tempered(gmm.diagonal_energy(np.ones(8), means, np.full(8, 0.1)), 2.0)
     for name, scheme in schemes().items():
+      if only and name not in only:
+        continue
       fn = jax.jit(lambda key, s=scheme: smc_sample(key, target, sigmas, args.particles, (dim,),
                                                     sigma_data=1.0, weights=s).particles)
       jax.block_until_ready(fn(jax.random.PRNGKey(0)))

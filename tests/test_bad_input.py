@@ -130,6 +130,11 @@ def test_arguments_that_cannot_be_right_are_refused():
                          jnp.stack([jnp.eye(2)] * 2))
   with pytest.raises(ValueError, match="2-dimensional"):   # (1,) against a 2-D energy
     smc_sample(key, lambda x, s: gmm.energy(mix, x, s), sigmas, 8, (1,), sigma_data=1.0)
+  from fkdiff.training import default_config, validate_config
+  config = default_config()
+  config.data.sigma_data = -1.0
+  with pytest.raises(ValueError, match="data.sigma_data must be ≥ 0"):
+    validate_config(config)
   net = MLP(width=8, depth=1, emb_dim=4)
   params = net.init(jax.random.key(1), jnp.zeros((2,)), jnp.zeros(()))
   with pytest.raises(ValueError, match="unconditional"):

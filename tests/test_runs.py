@@ -236,6 +236,11 @@ def test_arrays_swapped_in_from_another_step_are_detected(trained, tmp_path):
   manager.close()
   shutil.rmtree(steps / "20")
   assert runs.load_teacher(str(teacher))[1] is not None       # step 10 is intact
+  (steps / "10" / "commit_success.txt").unlink()              # harmless on a local filesystem
+  assert runs.load_teacher(str(teacher))[1] is not None
+  (steps / "10" / checkpoint.STEP_METADATA_FILE).unlink()     # the digests with it: refused
+  with pytest.raises(checkpoint.CheckpointError, match="step 10 .* has no _CHECKPOINT_METADATA"):
+    runs.load_teacher(str(teacher))
 
 
 def test_the_shipped_demo_energies_load():

@@ -17,6 +17,7 @@ from fkdiff.data import gmm
 from fkdiff.diffusion import karras_sigmas
 from fkdiff.sampling import (ExactRatio, Resampling, ScoreOnly, baselines, mcmc,
                              normalized_weights, prior_sample, smc_sample, targets)
+from fkdiff.sampling import weights as weights_lib
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 10.0
 
@@ -84,6 +85,52 @@ def test_tempered_gaussian_variance_and_naive_bias():
   assert abs(v_chain - 1 / 3) < 0.02
   assert abs(v - v_chain) < 4 * v_chain * np.sqrt(2 / n)
   assert abs(v - 0.5) > 10 * v_chain * np.sqrt(2 / n)                # asserted biased
+
+
+class HalfDriftRatio:
+  """A weight scheme written outside the library (the sampler never sees its class): exact-ratio
+  weights for the proposal with half the drift, ``N(x'; x − ½ v ∇U, v I)``."""
+  estimates_log_z = True
+  last_level_needs_gradient = True
+
+  def check(self, event_shape=None):
+    pass
+
+  def scales(self, target):
+    return target.scale, target.scale
+
+  def evaluate(self, target, x, sigma, key=None):
+    u, g = jax.value_and_grad(target)(x, sigma)
+    return weights_lib.Evaluation(u, g, jnp.zeros_like(u), jnp.zeros_like(u))
+
+  def propose(self, target, x, evaluation, noise, var, sigma):
+    mean = x - 0.5 * var * evaluation.grad
+    return mean + noise, mean
+
+  def log_increment(self, old, new, log_kernel_ratio, sigma, sigma_next):
+    return -new.potential + old.potential + log_kernel_ratio
+
+  def cached_potential_and_grad(self, target, evaluation):
+    return evaluation.potential, evaluation.grad
+
+  def evaluation_after_mcmc(self, evaluation, potential, grad):
+    return weights_lib.Evaluation(potential, grad, evaluation.rate, evaluation.terms)
+
+  def setting_warnings(self, scale, size):
+    return []
+
+
+def test_a_weight_scheme_from_outside_the_library_samples_its_target():
+  """The scheme protocol: a user's class, with rejuvenation, gives the tempered Gaussian's exact
+  variance and an unbiased log Ẑ (the sampler calls only the protocol's methods)."""
+  beta = 2.0
+  potential = targets.tempered(gauss_energy(0.0, 1.0), beta)
+  res = run_many(potential, num_runs=32, num=500, num_levels=100, weights=HalfDriftRatio(),
+                 rejuvenation=mcmc.rejuvenation("mala"))
+  assert_mc_close(per_run_mean(res, VAR), (1 + SIGMA_MIN**2) / beta, 3)
+  with pytest.raises(ValueError, match="lacks .*propose"):
+    smc_sample(jax.random.key(0), potential, karras_sigmas(4, SIGMA_MIN, SIGMA_MAX), 8, (1,),
+               sigma_data=1.0, weights=ExactRatio()._asdict())
 
 
 # ---------------------------------------------------------------- product N(−1,1)·N(1,1)

@@ -9,7 +9,9 @@ Stages (each a ``train_and_evaluate`` run in its own sub-workdir; finished ones 
      - ``product``: the product of two models (``∝ p_a p_b``),
      - ``low_temperature``: ``∝ p^β`` of a mixture with unequal weights;
      methods ``smc_score`` (Feynman–Kac SMC with score-only weights, METHOD.md §4b),
-     ``smc_ratio`` (SMC with exact-ratio weights, §4), ``naive`` (reverse diffusion on summed /
+     ``smc_ratio`` (SMC with exact-ratio weights, §4), ``smc_default`` (``smc_sample``'s
+     default weights, docs/METHOD.md §4c; not in the default ``methods``), ``naive`` (reverse
+     diffusion on summed /
      scaled scores), ``mala`` / ``hmc`` (annealed MCMC); energy sources ``learned`` (the distilled
      energies), ``consistent`` (the time-consistent ones; only ``consistent.methods`` run on
      them) and ``exact`` (closed-form diffused mixtures), which separates learning error from
@@ -45,7 +47,10 @@ from fkdiff.training.config import default_config, validate_config
 
 TASKS = ("product", "low_temperature")
 METHODS = ("smc_score", "smc_ratio", "naive", "mala", "hmc")
-SMC_METHODS = ("smc_score", "smc_ratio")        # score-only / exact-ratio weights
+# score-only (sampler.score_rule, unit noise) / exact-ratio weights / smc_sample's default
+# (weights.DEFAULT; not in METHODS, so not in the first command: --config.methods to add it).
+SMC_METHODS = ("smc_score", "smc_ratio", "smc_default")
+VALID_METHODS = METHODS + ("smc_default",)
 SOURCES = ("learned", "consistent", "exact")
 DISTILLED = ("learned", "consistent")           # sources trained by the job (stages 2 / 2b)
 
@@ -69,7 +74,7 @@ def job_config() -> ml_collections.ConfigDict:
   c.consistent.time_weight = 0.1
   c.consistent.time_target = "teacher"
   c.consistent.num_steps = 6000
-  c.consistent.methods = SMC_METHODS            # the methods run on it (the others ignore levels).
+  c.consistent.methods = ("smc_score", "smc_ratio")   # run on it (the others ignore levels).
   c.sampler = ml_collections.ConfigDict()
   c.sampler.num_particles = 2048
   c.sampler.num_steps = 100
@@ -102,8 +107,9 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
   validate_config(config.teacher)
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
-  for kind, names, valid in (("task", config.tasks, TASKS), ("method", config.methods, METHODS),
-                             ("consistent method", config.consistent.methods, METHODS),
+  for kind, names, valid in (("task", config.tasks, TASKS),
+                             ("method", config.methods, VALID_METHODS),
+                             ("consistent method", config.consistent.methods, VALID_METHODS),
                              ("energy source", config.energies, SOURCES)):
     unknown = [n for n in names if n not in valid]
     if unknown:
@@ -253,8 +259,8 @@ def run_method(method: str, keys, potential, params, config, sigma_data: float):
   n = s.num_particles
   step_size = lambda sig: s.mcmc_step_scale * sig**2 + 1e-4
   if method in SMC_METHODS:
-    scheme = (weights_lib.ScoreOnly(rule=s.score_rule) if method == "smc_score"
-              else weights_lib.ExactRatio())
+    scheme = {"smc_score": weights_lib.ScoreOnly(rule=s.score_rule),
+              "smc_ratio": weights_lib.ExactRatio(), "smc_default": weights_lib.DEFAULT}[method]
     rejuvenation = (mcmc.rejuvenation(s.rejuvenation, s.rejuvenation_steps,
                                       num_leapfrog=s.num_leapfrog) if s.rejuvenation else None)
 

@@ -25,4 +25,4 @@ from fkdiff.sampling.targets import (Target, annealed_penalty_schedule, as_targe
                                      bounded_soft, conditional_and, disjunction, label_sum,
                                      negation, product, reward_tilt, scale_of, tempered,
                                      tweedie_denoiser)
-from fkdiff.sampling.weights import ExactRatio, ScoreOnly
+from fkdiff.sampling.weights import ExactRatio, ScoreOnly, WeightScheme

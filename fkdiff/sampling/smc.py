@@ -12,8 +12,9 @@ The sampler is three pure functions over a carried :class:`SMCState`, in the man
   (a kernel callable, :func:`fkdiff.sampling.mcmc.rejuvenation`) at σ_k; **propose** with the
   Euler–Maruyama step ``x' = x − (Δ_k/s) ∇ + sqrt(Δ_k/s) z``, ``Δ_k = σ_k² − σ_{k+1}²``; evaluate
   at σ_{k+1} (the only evaluation of the step) and **reweight** with the weight scheme's
-  increment (:mod:`fkdiff.sampling.weights`: :class:`~fkdiff.sampling.weights.ExactRatio` or
-  :class:`~fkdiff.sampling.weights.ScoreOnly`);
+  increment (:mod:`fkdiff.sampling.weights`: :class:`~fkdiff.sampling.weights.ExactRatio`,
+  :class:`~fkdiff.sampling.weights.ScoreOnly`, or any object with the methods of
+  :class:`~fkdiff.sampling.weights.WeightScheme`: the sampler only calls them);
 - :func:`finish` completes ``log Ẑ``, optionally resamples once and denoises.
 
 :func:`smc_sample` is the ``lax.scan`` driver over them. The configuration of a sampler (target,
@@ -72,7 +73,7 @@ from fkdiff.sampling import resampling as resampling_lib
 from fkdiff.sampling import targets as targets_lib
 from fkdiff.sampling import weights as weights_lib
 from fkdiff.sampling.mcmc import MCMCState
-from fkdiff.sampling.weights import Evaluation, ExactRatio, ScoreOnly
+from fkdiff.sampling.weights import Evaluation
 
 Array = jax.Array
 # rejuvenate(key, chains: MCMCState (N, ...), potential_fn: x -> U, σ) -> (chains, acceptance).
@@ -94,7 +95,7 @@ class SMC(NamedTuple):
 
   Attributes:
     target: the :class:`~fkdiff.sampling.targets.Target`.
-    weights: the weight scheme (:class:`ExactRatio` | :class:`ScoreOnly`).
+    weights: the weight scheme (a :class:`~fkdiff.sampling.weights.WeightScheme`).
     resampling: :class:`Resampling`.
     rejuvenation: None or a kernel callable (:func:`fkdiff.sampling.mcmc.rejuvenation`) leaving
       ``γ_k`` invariant, run after each resampling.
@@ -192,9 +193,6 @@ def build(target, weights: weights_lib.Scheme = weights_lib.DEFAULT,
   resampling_lib.get_resampler(resampling.scheme)
   if not 0.0 <= resampling.ess_threshold <= 1.0:
     raise ValueError(f"ess_threshold must be in [0, 1], got {resampling.ess_threshold}.")
-  if isinstance(weights, ExactRatio) and isinstance(weights.scale, (int, float)) \
-      and not weights.scale > 0:
-    raise ValueError(f"ExactRatio.scale must be > 0, got {weights.scale}.")
   if particle_chunk_size is not None and (particle_chunk_size < 1 or mesh is not None):
     raise ValueError("particle_chunk_size must be >= 1 and cannot be combined with mesh; got "
                      f"{particle_chunk_size} (mesh given: {mesh is not None}).")
@@ -238,20 +236,7 @@ def _check_concrete_positive_scalar(name: str, value) -> None:
     raise ValueError(f"{name} must be a finite scalar > 0, got {value!r}.")
 
 
-def _check_callable(name: str, fn, event_shape, want_shape) -> None:
-  """Traces ``fn(x, σ)`` abstractly and checks its output shape; clear ValueError otherwise."""
-  x = jax.ShapeDtypeStruct(tuple(event_shape), jnp.float32)
-  s = jax.ShapeDtypeStruct((), jnp.float32)
-  try:
-    out = jax.eval_shape(fn, x, s)
-  except Exception as e:  # shape errors inside user code surface as many exception types
-    raise ValueError(f"{name} could not be evaluated on one example of event_shape "
-                     f"{tuple(event_shape)} with a scalar sigma ({type(e).__name__}: {e}). "
-                     "Energies are per example: energy_fn(x, sigma) -> scalar.") from e
-  if not hasattr(out, "shape") or tuple(out.shape) != tuple(want_shape):
-    got = getattr(out, "shape", type(out))
-    raise ValueError(f"{name} must return shape {tuple(want_shape)} for one example of "
-                     f"event_shape {tuple(event_shape)}, got {got}.")
+_check_callable = weights_lib.check_per_example
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,17 +385,14 @@ def _resample(smc: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Array]:
     return state, jnp.zeros((), state.log_Z.dtype)
   sigma, ev = state.sigma, state.evaluation
   potential_fn = lambda y: smc.target(y, sigma)
-  full_grad = isinstance(smc.weights, ExactRatio) or smc.target.terms is None
-  if full_grad:     # the cached (U, ∇U) is the chains' state
-    chains = MCMCState(state.particles, ev.potential, ev.grad)
-  else:
-    u, g = _over_particles(jax.value_and_grad(smc.target), smc.particle_chunk_size)(
+  cached = smc.weights.cached_potential_and_grad(smc.target, ev)
+  if cached is None:   # else the cached (U, ∇U) is the chains' state
+    cached = _over_particles(jax.value_and_grad(smc.target), smc.particle_chunk_size)(
         state.particles, sigma)
-    chains = MCMCState(state.particles, u, g)
-  chains, acc = smc.rejuvenation(k_mcmc, chains, potential_fn, sigma)
-  if isinstance(smc.weights, ExactRatio):
-    ev = Evaluation(chains.potential, chains.grad, ev.rate, ev.terms)
-  else:
+  chains, acc = smc.rejuvenation(k_mcmc, MCMCState(state.particles, *cached), potential_fn,
+                                 sigma)
+  ev = smc.weights.evaluation_after_mcmc(ev, chains.potential, chains.grad)
+  if ev is None:
     ev = _evaluate(smc, chains.position, sigma, _eval_key(k_mcmc))
   new = _like(state._replace(particles=chains.position, evaluation=ev), state)
   return _constrain(smc, new), jnp.asarray(acc, state.log_Z.dtype)
@@ -442,8 +424,7 @@ def _last_needs_values_only(smc: SMC) -> bool:
   """Whether the driver's last step may skip the energies' gradients at σ_K: the score-only left
   rule's increment reads the rate at σ_k and the terms only (the values are needed for the
   support), and without rejuvenation the last step can run outside the scan."""
-  return (isinstance(smc.weights, ScoreOnly) and smc.weights.rule == "left"
-          and smc.rejuvenation is None)
+  return not smc.weights.last_level_needs_gradient and smc.rejuvenation is None
 
 
 def _step(smc: SMC, key: Array, state: SMCState, sigma_next: Array, *,
@@ -463,20 +444,13 @@ def _step(smc: SMC, key: Array, state: SMCState, sigma_next: Array, *,
   do_resample = (ess < smc.resampling.ess_threshold * num) & (sigma >= lo) & (sigma <= hi)
   state, acc = jax.lax.cond(do_resample, functools.partial(_resample, smc),
                             functools.partial(_keep, smc), k_res, state)
-  # 2. Euler–Maruyama proposal N(x'; x + (Δ/s) b(x), (Δ/s) I).
+  # 2. the scheme's proposal (Euler–Maruyama N(x'; x + (Δ/s) b(x), (Δ/s) I), or its own move).
   x = state.particles
   _, kernel_scale = smc.weights.scales(smc.target)
   var = (sigma**2 - sigma_next**2) / kernel_scale
-  drift_fn = getattr(smc.weights, "drift", None)
-  drift = (-state.evaluation.grad if drift_fn is None
-           else _over_particles(drift_fn, smc.particle_chunk_size)(x, sigma))
-  mean = x + var * drift
   noise = jnp.sqrt(var) * jax.random.normal(k_move, x.shape, x.dtype)
-  if getattr(smc.weights, "proposal", "euler") == "euler":
-    x_new = mean + noise
-  else:   # a score-only proposal with its own move (kernel densities are not used then)
-    move = lambda xi, gi, ni: smc.weights.move(smc.target, xi, gi, ni, var, sigma)
-    x_new = _over_particles_args(move, smc.particle_chunk_size)(x, state.evaluation.grad, noise)
+  propose = lambda xi, evi, ni: smc.weights.propose(smc.target, xi, evi, ni, var, sigma)
+  x_new, mean = _over_particles_args(propose, smc.particle_chunk_size)(x, state.evaluation, noise)
   # 3. evaluate at σ_{k+1} (the step's only evaluation) and reweight.
   ev = (_evaluate(smc, x_new, sigma_next, _eval_key(key)) if evaluate
         else _values_only(smc, x_new, sigma_next))
@@ -587,8 +561,7 @@ def smc_sample(
     raise ValueError(f"num_particles={num} must be divisible by the mesh axis size "
                      f"{mesh.shape[mesh.axis_names[0]]}.")
   _check_callable("target", smc.target, event_shape, ())
-  if getattr(weights, "drift", None) is not None:
-    _check_callable("drift", weights.drift, event_shape, event_shape)
+  weights_lib.check_scheme(smc.weights, event_shape)   # its callables on this event shape
   if denoise_fn is not None:
     _check_callable("denoise_fn", denoise_fn, event_shape, event_shape)
   for message in setting_warnings(smc, event_shape):
@@ -623,25 +596,14 @@ def setting_warnings(smc: SMC, event_shape: Sequence[int]) -> list:
   correct), and the plain Euler–Maruyama proposal with weights that cannot see it (score-only,
   matched noise: ≈ 1.2× the variance at d = 3,072 on 64 levels). A traced scale is not checked."""
   size = int(np.prod(tuple(event_shape)))
-  scheme = smc.weights
-  if size <= HIGH_DIMENSION or not isinstance(scheme, ScoreOnly):
+  if size <= HIGH_DIMENSION:
     return []
   try:    # from the concrete weights (a target closed over by jit is still concrete here)
     total = float(np.sum(np.asarray(smc.target.weights)))
     scale = total if total > 0 else 1.0
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     scale = None
-  out = []
-  if scheme.noise == "unit" and scale is not None and abs(scale - 1.0) > 1e-6:
-    out.append(f"ScoreOnly(noise='unit') on a target of scale {scale:g} in {size} dimensions: "
-               "its proposal keeps the summed/scaled score's width, which these weights cannot "
-               "correct in high dimension. Use ScoreOnly(noise='matched', proposal='shaped') "
-               "(docs/METHOD.md §4c).")
-  if scheme.noise == "matched" and scheme.proposal == "euler":
-    out.append(f"ScoreOnly(proposal='euler') in {size} dimensions: the Euler–Maruyama "
-               "proposal's O(step) widening is not corrected by score-only weights; use "
-               "proposal='shaped' (docs/METHOD.md §4c).")
-  return out
+  return list(smc.weights.setting_warnings(scale, size))
 
 
 def diagnostics(result: SMCResult, min_ess: float = 2.0) -> list:

@@ -1,12 +1,20 @@
 """Feynman–Kac weight schemes for SMC: exact-ratio and score-only (METHOD.md §4, §4b).
 
-A scheme decides three things, each a method used by :mod:`fkdiff.sampling.smc`:
+A scheme is any object with the methods of :class:`WeightScheme` — the sampler
+(:mod:`fkdiff.sampling.smc`) calls them and never asks which class it has, so a new scheme is a
+new class, not an edit of the sampler. A scheme decides:
 
-- what is evaluated at a level (:meth:`evaluate`, one example → :class:`Evaluation`: the target's
-  value, the gradient the proposal descends, the scheme's rate and term values);
-- the proposal's scale (:meth:`scales`: the start width and the kernel variance factor ``1/s``);
+- what is evaluated at a level (:meth:`~WeightScheme.evaluate`, one example →
+  :class:`Evaluation`: the target's value, the gradient the proposal descends, the scheme's rate
+  and term values);
+- the proposal's scale (:meth:`~WeightScheme.scales`: the start width and the kernel variance
+  factor ``1/s``) and its move (:meth:`~WeightScheme.propose`, one example: the new point and the
+  mean of the Gaussian kernel the exact-ratio increment uses);
 - the log-weight increment of a move ``x`` (at σ_k) → ``x'`` (at σ_{k+1})
-  (:meth:`log_increment`, from the two levels' evaluations and the Gaussian kernel terms).
+  (:meth:`~WeightScheme.log_increment`, from the two levels' evaluations and the Gaussian kernel
+  terms);
+- what MCMC rejuvenation can reuse (:meth:`~WeightScheme.cached_potential_and_grad`,
+  :meth:`~WeightScheme.evaluation_after_mcmc`), and which settings to warn about.
 
 **Exact ratio** (:class:`ExactRatio`, METHOD.md §4): with the proposal
 ``M_k(x'|x) = N(x'; x − (Δ_k/s) ∇U_k(x), (Δ_k/s) I)`` and the backward kernel
@@ -34,7 +42,7 @@ Both schemes start from ``x ~ N(0, (σ_0² + σ_d²)/s I)`` with the exact impor
 cancels and no residual enters.
 """
 
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +67,52 @@ class Evaluation(NamedTuple):
   terms: Array
 
 
+class WeightScheme(Protocol):
+  """What :mod:`fkdiff.sampling.smc` needs of a weight scheme (all per example unless said).
+
+  Attributes:
+    estimates_log_z: whether ``Σ log mean w`` is ``log Ẑ`` (else the result's ``log_Z`` is NaN).
+    last_level_needs_gradient: whether :meth:`log_increment` reads more of the σ_K evaluation
+      than its potential and terms (if not, the driver skips the gradients at σ_K).
+  """
+  estimates_log_z: bool
+  last_level_needs_gradient: bool
+
+  def check(self, event_shape: Optional[Sequence[int]] = None) -> None:
+    """Raises ValueError for invalid settings (``event_shape``: to check callables on)."""
+
+  def scales(self, target: Target) -> Tuple[Array, Array]:
+    """``(start scale, kernel scale)``: start ``N(0, (σ_0² + σ_d²)/s)``, kernels ``Δ/s``."""
+
+  def evaluate(self, target: Target, x: Array, sigma: Array,
+               key: Optional[Array] = None) -> Evaluation:
+    """The evaluation of one particle at σ (``key``: shared by the particles of a level)."""
+
+  def propose(self, target: Target, x: Array, evaluation: Evaluation, noise: Array, var: Array,
+              sigma: Array) -> Tuple[Array, Array]:
+    """``(x', mean)`` for one particle: its new point given ``noise = sqrt(var) z``, and the
+    mean of the Gaussian kernel ``N(x'; mean, var I)`` that the kernel ratio handed to
+    :meth:`log_increment` is computed with."""
+
+  def log_increment(self, old: Evaluation, new: Evaluation, log_kernel_ratio: Array,
+                    sigma: Array, sigma_next: Array) -> Array:
+    """``(N,)`` log-weight increments of the moves σ_k → σ_{k+1} (batched evaluations)."""
+
+  def cached_potential_and_grad(self, target: Target,
+                                evaluation: Evaluation) -> Optional[Tuple[Array, Array]]:
+    """``(U, ∇U)`` of the whole target from an evaluation, if it holds them (MCMC starts from
+    them), else None (the sampler evaluates them)."""
+
+  def evaluation_after_mcmc(self, evaluation: Evaluation, potential: Array,
+                            grad: Array) -> Optional[Evaluation]:
+    """The evaluation of particles moved by MCMC from their ``(U, ∇U)``, if that is all it
+    needs, else None (the sampler re-evaluates them)."""
+
+  def setting_warnings(self, scale: Optional[float], size: int) -> list:
+    """Messages about settings known not to sample a target of ``scale`` (None: traced) in
+    ``size`` numbers per example (called above ``smc.HIGH_DIMENSION`` only)."""
+
+
 class ExactRatio(NamedTuple):
   """Exact-ratio weights (METHOD.md §4); exact for any energies and any step.
 
@@ -73,6 +127,13 @@ class ExactRatio(NamedTuple):
   scale: Optional[float] = None
   drift: Optional[Callable[[Array, Array], Array]] = None
   estimates_log_z = True
+  last_level_needs_gradient = True
+
+  def check(self, event_shape: Optional[Sequence[int]] = None) -> None:
+    if isinstance(self.scale, (int, float)) and not self.scale > 0:
+      raise ValueError(f"ExactRatio.scale must be > 0, got {self.scale}.")
+    if self.drift is not None and event_shape is not None:
+      check_per_example("drift", self.drift, event_shape, tuple(event_shape))
 
   def scales(self, target: Target) -> Tuple[Array, Array]:
     """``(start scale, kernel scale)``."""
@@ -89,10 +150,26 @@ class ExactRatio(NamedTuple):
     zero = jnp.zeros_like(u)
     return Evaluation(u, g, zero, zero)
 
+  def propose(self, target: Target, x: Array, evaluation: Evaluation, noise: Array, var: Array,
+              sigma: Array) -> Tuple[Array, Array]:
+    """Euler–Maruyama, ``x' = x + var b(x) + noise`` with ``b = −∇U`` or :attr:`drift`."""
+    drift = -evaluation.grad if self.drift is None else self.drift(x, sigma)
+    mean = x + var * drift
+    return mean + noise, mean
+
   def log_increment(self, old: Evaluation, new: Evaluation, log_kernel_ratio: Array,
                     sigma: Array, sigma_next: Array) -> Array:
     """``−U_{k+1}(x') + U_k(x) + log L_k(x|x') − log M_k(x'|x)``; ``(N,)``."""
     return -new.potential + old.potential + log_kernel_ratio
+
+  def cached_potential_and_grad(self, target: Target, evaluation: Evaluation):
+    return evaluation.potential, evaluation.grad
+
+  def evaluation_after_mcmc(self, evaluation: Evaluation, potential: Array, grad: Array):
+    return Evaluation(potential, grad, evaluation.rate, evaluation.terms)
+
+  def setting_warnings(self, scale: Optional[float], size: int) -> list:
+    return []
 
 
 class ScoreOnly(NamedTuple):
@@ -126,7 +203,12 @@ class ScoreOnly(NamedTuple):
   proposal: str = "euler"
   estimates_log_z = False
 
-  def check(self) -> None:
+  @property
+  def last_level_needs_gradient(self) -> bool:
+    """The trapezoid rule reads the rate at σ_K; the left rule only the terms there."""
+    return self.rule == "trapezoid"
+
+  def check(self, event_shape: Optional[Sequence[int]] = None) -> None:
     if self.rule not in ("trapezoid", "left"):
       raise ValueError(f"ScoreOnly.rule must be 'trapezoid' or 'left', got {self.rule!r}.")
     if self.noise not in ("unit", "matched"):
@@ -177,6 +259,34 @@ class ScoreOnly(NamedTuple):
     terms = target.term_potential(x, sigma)
     return Evaluation(jnp.dot(w, e) + terms, g, rate, terms)
 
+  def propose(self, target: Target, x: Array, evaluation: Evaluation, noise: Array, var: Array,
+              sigma: Array) -> Tuple[Array, Array]:
+    """:meth:`move`, and Euler–Maruyama's mean (the kernel ratio is not used by these weights)."""
+    mean = x + var * (-evaluation.grad)
+    if self.proposal == "euler":
+      return mean + noise, mean
+    return self.move(target, x, evaluation.grad, noise, var, sigma), mean
+
+  def cached_potential_and_grad(self, target: Target, evaluation: Evaluation):
+    """``(U, ∇A)`` is ``(U, ∇U)`` when the target has no terms."""
+    return (evaluation.potential, evaluation.grad) if target.terms is None else None
+
+  def evaluation_after_mcmc(self, evaluation: Evaluation, potential: Array, grad: Array):
+    return None     # the rate needs every energy's gradient at the new points
+
+  def setting_warnings(self, scale: Optional[float], size: int) -> list:
+    out = []
+    if self.noise == "unit" and scale is not None and abs(scale - 1.0) > 1e-6:
+      out.append(f"ScoreOnly(noise='unit') on a target of scale {scale:g} in {size} dimensions: "
+                 "its proposal keeps the summed/scaled score's width, which these weights "
+                 "cannot correct in high dimension. Use ScoreOnly(noise='matched', "
+                 "proposal='shaped') (docs/METHOD.md §4c).")
+    if self.noise == "matched" and self.proposal == "euler":
+      out.append(f"ScoreOnly(proposal='euler') in {size} dimensions: the Euler–Maruyama "
+                 "proposal's O(step) widening is not corrected by score-only weights; use "
+                 "proposal='shaped' (docs/METHOD.md §4c).")
+    return out
+
   def move(self, target: Target, x: Array, grad: Array, noise: Array, var: Array,
            sigma: Array) -> Array:
     """The proposal's new point for one particle: ``grad = ∇A(x)``, ``noise = sqrt(aΔ) z``."""
@@ -200,7 +310,7 @@ class ScoreOnly(NamedTuple):
     return integral - new.terms + terms
 
 
-Scheme = ExactRatio | ScoreOnly
+Scheme = WeightScheme      # ExactRatio, ScoreOnly, or any object with WeightScheme's methods
 # The default of smc_sample / build / SMC: score-only weights with matched noise, the
 # Hessian-shaped proposal and the trapezoid rule (docs/METHOD.md §4c; benchmarks/RESULTS.md
 # "SMC in image dimensions"). ScoreOnly()'s own field defaults are the plain scheme of §4b.
@@ -228,10 +338,36 @@ def _hutchinson_laplacian(fn: Callable[[Array], Array], x: Array, key: Array,
   return jnp.mean(jax.vmap(hvp)(v))
 
 
-def check_scheme(scheme) -> None:
-  """Raises a clear ValueError for anything but a valid :class:`ExactRatio` / :class:`ScoreOnly`."""
-  if isinstance(scheme, ScoreOnly):
-    scheme.check()
-  elif not isinstance(scheme, ExactRatio):
-    raise ValueError(f"weights must be fkdiff.sampling.ExactRatio() or ScoreOnly(), got "
-                     f"{scheme!r}.")
+SCHEME_METHODS = ("check", "scales", "evaluate", "propose", "log_increment",
+                  "cached_potential_and_grad", "evaluation_after_mcmc", "setting_warnings",
+                  "estimates_log_z", "last_level_needs_gradient")
+
+
+def check_scheme(scheme, event_shape: Optional[Sequence[int]] = None) -> None:
+  """Raises a clear ValueError for anything that is not a valid weight scheme (an
+  :class:`ExactRatio`, a :class:`ScoreOnly`, or an object with :class:`WeightScheme`'s
+  methods), or whose settings are invalid (``scheme.check(event_shape)``)."""
+  missing = [name for name in SCHEME_METHODS if not hasattr(scheme, name)]
+  if missing:
+    raise ValueError("weights must be a weight scheme: fkdiff.sampling.ExactRatio(), "
+                     "ScoreOnly(), or an object with the methods of "
+                     f"fkdiff.sampling.weights.WeightScheme; got {scheme!r} (it lacks "
+                     f"{', '.join(missing)}).")
+  scheme.check(event_shape)
+
+
+def check_per_example(name: str, fn, event_shape, want_shape) -> None:
+  """Traces ``fn(x, σ)`` on one example of ``event_shape`` abstractly and checks that it returns
+  ``want_shape``; a clear ValueError otherwise."""
+  x = jax.ShapeDtypeStruct(tuple(event_shape), jnp.float32)
+  s = jax.ShapeDtypeStruct((), jnp.float32)
+  try:
+    out = jax.eval_shape(fn, x, s)
+  except Exception as e:  # shape errors inside user code surface as many exception types
+    raise ValueError(f"{name} could not be evaluated on one example of event_shape "
+                     f"{tuple(event_shape)} with a scalar sigma ({type(e).__name__}: {e}). "
+                     "Energies are per example: energy_fn(x, sigma) -> scalar.") from e
+  if not hasattr(out, "shape") or tuple(out.shape) != tuple(want_shape):
+    got = getattr(out, "shape", type(out))
+    raise ValueError(f"{name} must return shape {tuple(want_shape)} for one example of "
+                     f"event_shape {tuple(event_shape)}, got {got}.")

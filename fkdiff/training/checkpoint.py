@@ -11,7 +11,8 @@ save here records a SHA-256 digest of ``params`` and ``ema_params`` in the step'
 (:func:`save`), and every restore path (:func:`restore_latest`, :func:`load_run`,
 :func:`fkdiff.runs.restore_params`) compares the restored arrays with it
 (:func:`verify_digests`): a flipped bit, or arrays swapped in from another step, is a
-``CheckpointError`` naming the step. Steps saved without digests (older runs) are not checked.
+``CheckpointError`` naming the step, and so is a step whose metadata file is gone. Steps saved
+without digests (older runs) are not checked.
 """
 
 import hashlib
@@ -48,6 +49,7 @@ def make_manager(workdir: str, keep: int, every: int) -> ocp.CheckpointManager:
 
 
 DIGEST_KEYS = ("params", "ema_params")
+STEP_METADATA_FILE = "_CHECKPOINT_METADATA"   # orbax's per-step metadata (holds the digests)
 
 
 def tree_digest(tree) -> str:
@@ -76,6 +78,11 @@ def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) 
 def verify_digests(manager: ocp.CheckpointManager, step: int, restored) -> None:
   """Raises CheckpointError if a restored part (``params`` / ``ema_params``) differs from the
   digest saved with ``step``; steps saved without digests pass."""
+  if not (manager.directory / str(step) / STEP_METADATA_FILE).exists():
+    raise CheckpointError(
+        f"Checkpoint step {step} in {manager.directory} has no {STEP_METADATA_FILE} (orbax writes "
+        "one with every step): it was deleted or the step is not a complete checkpoint, and its "
+        "digests cannot be checked. Remove that step's directory to resume from an earlier one.")
   saved = (manager.metadata(step).custom_metadata or {}).get("digests", {})
   parts = _parts(restored)
   for key, digest in saved.items():

@@ -142,6 +142,10 @@ def _validate_values(config: ml_collections.ConfigDict) -> None:
                        f"{dist.time_target!r}.")
     if dist.get("time_probes", 1) < 0 or dist.get("gauge_width", 32) < 1:
       raise ValueError("distill.time_probes must be ≥ 0 and distill.gauge_width ≥ 1.")
+  data = config.get("data")
+  if data is not None and not data.get("sigma_data", 0.0) >= 0:
+    raise ValueError(f"data.sigma_data must be ≥ 0 (0: computed from the data), got "
+                     f"{data.sigma_data}.")
   ev = config.get("eval")
   if ev is not None and any(s <= 0 for s in ev.get("time_sigmas", ())):
     raise ValueError(f"eval.time_sigmas must be positive, got {tuple(ev.time_sigmas)}.")
