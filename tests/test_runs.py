@@ -188,6 +188,19 @@ def test_a_relaunch_that_would_change_what_the_weights_mean_is_refused(trained, 
   train_and_evaluate(trained["teacher"][1], str(teacher))      # the same run: fine
 
 
+def test_a_job_relaunch_rewrites_its_config_only_after_running(tmp_path):
+  """``start_job`` writes a job's config.json on its first launch only: a relaunch with other
+  settings that a stage then refuses leaves the file as it was (it was rewritten first)."""
+  from fkdiff.experiments import common
+  first, second = _toy_job_config(), _toy_job_config()
+  second.low_temperature.beta = 5.0
+  common.start_job(first, str(tmp_path / "job"))
+  before = _tree_bytes(tmp_path / "job")
+  common.start_job(second, str(tmp_path / "job"))
+  assert _tree_bytes(tmp_path / "job") == before
+  assert checkpoint.read_config(str(tmp_path / "job")).low_temperature.beta == 3.0
+
+
 def test_a_workdir_that_cannot_be_one_is_one_line(tmp_path):
   (tmp_path / "file").write_text("x")
   for bad, says in ((tmp_path / "file", "is a file"),

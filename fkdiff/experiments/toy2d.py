@@ -27,6 +27,7 @@ Outputs: ``results.json``, a printed table, PNG plots (seed 0), TensorBoard scal
 
 import functools
 import os
+import time
 from typing import Callable, Dict, NamedTuple
 
 import jax
@@ -341,6 +342,17 @@ def model_floor(target, truth: Truth, sigma) -> dict:
   return {"mode_mass_tv": float(0.5 * jnp.sum(err)), "mode_mass_max_error": float(jnp.max(err))}
 
 
+def _progress_line(task, method, source, metrics, config, start) -> str:
+  """One line per sampled row (the sampling phase is most of the job's time), with what the
+  weights' own numbers say when they degenerated."""
+  line = (f"Sampled {task} {method}/{source}: {config.eval.num_seeds} seeds in "
+          f"{time.perf_counter() - start:.0f} s, mode-mass TV {metrics['mode_mass_tv']:.4f}")
+  ess = metrics.get("ess_min_fraction")
+  if ess is not None and ess * config.sampler.num_particles < 2.0:
+    line += " — weights degenerate (ESS < 2 at some level): these are draws of the proposal"
+  return line
+
+
 def run_tasks(config, workdir: str, distilled: Dict[str, Energies], mixtures) -> dict:
   """Stage 3: every task × method × energy source (``distilled``: the trained sources by name);
   returns the nested results dict."""
@@ -365,6 +377,7 @@ def run_tasks(config, workdir: str, distilled: Dict[str, Energies], mixtures) ->
       methods = [m for m in config.methods
                  if source != "consistent" or m in config.consistent.methods]
       for method in methods:
+        start = time.perf_counter()
         key, k_run, k_eval = jax.random.split(key, 3)
         runs = run_method(method, jax.random.split(k_run, config.eval.num_seeds), potential,
                           params, config, sigma_data)
@@ -377,6 +390,7 @@ def run_tasks(config, workdir: str, distilled: Dict[str, Energies], mixtures) ->
         if method == "smc_ratio" and source == "exact":
           metrics["log_Z_exact"] = truth.log_z
         results[task][f"{method}/{source}"] = metrics
+        print(_progress_line(task, method, source, metrics, config, start), flush=True)
         samples, diag = runs[0]
         figures[(task, method, source)] = (np.asarray(samples), diag.get("ess_path"))
     plots.task_figure(os.path.join(workdir, f"{task}.png"), task, truth.grid, figures,
