@@ -119,6 +119,7 @@ def test_arguments_that_cannot_be_right_are_refused():
   key = jax.random.key(0)
   with pytest.raises(ValueError, match="negation"):
     targets.product([e, e], weights=[1.0, -2.0])
+  targets.product([e, e], weights=[-1.0, 2.0])       # guidance-like signed weights: fine
   with pytest.raises(ValueError, match="sigma_data"):
     smc_sample(key, e, sigmas, 8, (1,), sigma_data=-1.0)
   with pytest.raises(ValueError, match="sigma_data"):

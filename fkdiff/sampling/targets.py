@@ -192,11 +192,14 @@ def tempered(energy_fn: TargetLike, beta) -> Target:
 def product(energy_fns: Sequence[TargetLike], weights=None) -> Target:
   """Weighted product (AND): ``U(x, σ) = Σ_i w_i E_i(x, σ)``; default ``w_i = 1``.
 
-  Final target: ``∝ Π_i p_i^{w_i}``.
+  Final target: ``∝ Π_i p_i^{w_i}``. Weights may be negative (classifier-free guidance
+  ``[1 − β, β]`` on ``E(x|∅), E(x|c)``; a negation, :func:`negation`) as long as they sum to
+  more than 0.
 
   Raises:
-    ValueError: a (concrete) negative weight: ``p_1 / p_2^α`` is :func:`negation`, which says when
-      it is normalisable; weights summing to ≤ 0 make no distribution.
+    ValueError: (concrete) weights summing to ≤ 0: ``U = Σ w_i E_i`` then grows *less* than any
+      one energy, or falls, as ``|x|`` grows (for equal energies it is ``−|Σ w| E``), so
+      ``exp(−U)`` is no distribution (``[1, −2]`` returned particles at ±hundreds).
   """
   energy_fns = tuple(energy_fns)
   if not energy_fns:
@@ -206,10 +209,11 @@ def product(energy_fns: Sequence[TargetLike], weights=None) -> Target:
     concrete = np.asarray(w)
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
     concrete = None   # traced under jit: not checked
-  if concrete is not None and np.any(concrete < 0):
-    raise ValueError(f"product weights must be >= 0, got {concrete}: a negative weight divides "
-                     "by a density (e.g. weights [1, -2] give a target that does not normalise). "
-                     "For 'p_1 and not p_2' use fkdiff.sampling.targets.negation(E1, E2, alpha).")
+  if concrete is not None and not np.sum(concrete) > 0:
+    raise ValueError(f"product weights must sum to more than 0, got {concrete} (sum "
+                     f"{np.sum(concrete):g}): exp(-sum_i w_i E_i) does not normalise (weights "
+                     "[1, -2] on one energy give exp(+E)). For 'p_1 and not p_2' use "
+                     "fkdiff.sampling.targets.negation(E1, E2, alpha) with alpha < 1.")
   return _combine(energy_fns, w)
 
 
