@@ -204,9 +204,10 @@ def stage_runs(workdir: str) -> list:
 
 def _check_task(workdir: str, config: ml_collections.ConfigDict, tasks, instead: str) -> None:
   if "task" not in config:
-    stages = [f"{path} ({task})" for path, task in stage_runs(workdir) if task in tasks]
-    where = (f"Its runs of this kind: {', '.join(stages)}; load one with its path, e.g. "
-             f"{os.path.join(workdir, stages[0].split(' ')[0])!r}." if stages
+    stages = [(path, task) for path, task in stage_runs(workdir) if task in tasks]
+    listed = ", ".join(f"{path} ({task})" for path, task in stages)
+    where = (f"Its runs of this kind: {listed}; load one with its path, e.g. "
+             f"{os.path.join(workdir, stages[0][0])!r}." if stages
              else "It holds no run of this kind.")
     raise CheckpointError(f"{workdir} is the workdir of {checkpoint.run_kind(config)}, not of "
                           f"one training run. {where}")

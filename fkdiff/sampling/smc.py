@@ -34,7 +34,8 @@ kernel ``N(x; x', v I)`` of the weights (METHOD.md §4) must live on ``S_k`` too
 would leave and re-enter the support is missing from the weights and the particles are pushed
 away from the boundary (docs/METHOD.md §4d): it is renormalised to ``S_k``, which multiplies the
 increment by ``1/P_k(x')``, ``P_k(x') = Pr(x' + sqrt(v) z ∈ S_k)``, estimated without bias by
-counting draws of ``z`` until the first lands in ``S_k`` (a geometric count, mean ``1/P_k``; at
+counting draws of ``z`` until ``SUPPORT_HITS`` of them land in ``S_k`` (a negative-binomial count
+over ``SUPPORT_HITS``, mean ``1/P_k``; at
 most ``MAX_SUPPORT_TRIALS``; value-only evaluations of ``U(·, σ_k)``; ``SMCInfo.support_trials``).
 The trials run at a level only when some particle of it has a non-finite potential, so a target
 that is finite everywhere pays nothing.
@@ -204,9 +205,8 @@ def build(target, weights: weights_lib.Scheme = weights_lib.DEFAULT,
 
 
 def _check_sigmas(sigmas) -> None:
-  try:
-    s = np.asarray(sigmas)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+  s = targets_lib.concrete(sigmas)
+  if s is None:
     return  # traced: the shape is still checked below, the values cannot be
   if s.ndim != 1 or s.shape[0] < 2:
     raise ValueError(f"sigmas must be a 1-D array with at least 2 levels, got shape {s.shape}.")
@@ -228,15 +228,9 @@ def check_event_shape(event_shape) -> Tuple[int, ...]:
 
 
 def _check_concrete_positive_scalar(name: str, value) -> None:
-  try:
-    v = np.asarray(value)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return   # traced: not checked
-  if v.shape != () or not np.isfinite(v) or not v > 0:
+  v = targets_lib.concrete(value)
+  if v is not None and (v.shape != () or not np.isfinite(v) or not v > 0):
     raise ValueError(f"{name} must be a finite scalar > 0, got {value!r}.")
-
-
-_check_callable = weights_lib.check_per_example
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +318,8 @@ def _log_inv_support_prob(smc: SMC, key: Array, x: Array, need: Array, sigma: Ar
                           var: Array) -> Tuple[Array, Array]:
   """``log`` of an unbiased estimate of ``1/P(x)``, ``P(x) = Pr(x + sqrt(var) z ∈ S)`` with
   ``S = {U(·, σ) finite}``, for the particles ``need`` (0 elsewhere): the number of draws of
-  ``z`` up to the first that lands in ``S`` (geometric, mean ``1/P``). Returns ``((N,), mean
+  ``z`` until ``SUPPORT_HITS`` land in ``S``, over ``SUPPORT_HITS`` (negative binomial, mean
+  ``1/P``). Returns ``((N,), mean
   trials per particle)``; no evaluation at all when ``need`` is all False."""
   potential = _over_particles(smc.target, smc.particle_chunk_size)
 
@@ -560,10 +555,10 @@ def smc_sample(
   if mesh is not None and num % mesh.shape[mesh.axis_names[0]]:
     raise ValueError(f"num_particles={num} must be divisible by the mesh axis size "
                      f"{mesh.shape[mesh.axis_names[0]]}.")
-  _check_callable("target", smc.target, event_shape, ())
+  weights_lib.check_per_example("target", smc.target, event_shape, ())
   weights_lib.check_scheme(smc.weights, event_shape)   # its callables on this event shape
   if denoise_fn is not None:
-    _check_callable("denoise_fn", denoise_fn, event_shape, event_shape)
+    weights_lib.check_per_example("denoise_fn", denoise_fn, event_shape, event_shape)
   for message in setting_warnings(smc, event_shape):
     warnings.warn(message, SMCSettingWarning, stacklevel=2)
 
@@ -598,11 +593,10 @@ def setting_warnings(smc: SMC, event_shape: Sequence[int]) -> list:
   size = int(np.prod(tuple(event_shape)))
   if size <= HIGH_DIMENSION:
     return []
-  try:    # from the concrete weights (a target closed over by jit is still concrete here)
-    total = float(np.sum(np.asarray(smc.target.weights)))
-    scale = total if total > 0 else 1.0
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    scale = None
+  # From the concrete weights (a target closed over by jit is still concrete here).
+  weights = targets_lib.concrete(smc.target.weights)
+  total = None if weights is None else float(np.sum(weights))
+  scale = None if total is None else (total if total > 0 else 1.0)
   return list(smc.weights.setting_warnings(scale, size))
 
 

@@ -130,13 +130,19 @@ def scale_of(potential: TargetLike) -> Array:
   return as_target(potential).scale
 
 
+def concrete(value) -> Optional[np.ndarray]:
+  """``value`` as a NumPy array, or None when it is traced (under ``jit``: its values cannot be
+  checked, only its shape)."""
+  try:
+    return np.asarray(value)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
+
+
 def _check_concrete_positive(name: str, value) -> None:
   """Raises ValueError if a concrete (non-traced) ``value`` has entries ≤ 0."""
-  try:
-    v = np.asarray(value)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return  # traced under jit: cannot be checked here
-  if np.any(~(v > 0)):
+  v = concrete(value)
+  if v is not None and np.any(~(v > 0)):
     raise ValueError(f"{name} must be > 0, got {v}.")
 
 
@@ -205,14 +211,11 @@ def product(energy_fns: Sequence[TargetLike], weights=None) -> Target:
   if not energy_fns:
     raise ValueError("product needs at least one energy.")
   w = _weights(weights, len(energy_fns))
-  try:
-    concrete = np.asarray(w)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    concrete = None   # traced under jit: not checked
-  if concrete is not None and not np.sum(concrete) > 0:
-    raise ValueError(f"product weights must sum to more than 0, got {concrete} (sum "
-                     f"{np.sum(concrete):g}): exp(-sum_i w_i E_i) does not normalise (weights "
-                     "[1, -2] on one energy give exp(+E)). For 'p_1 and not p_2' use "
+  v = concrete(w)
+  if v is not None and not np.sum(v) > 0:
+    raise ValueError(f"product weights must sum to more than 0, got {v} (sum {np.sum(v):g}): "
+                     "exp(-sum_i w_i E_i) does not normalise (weights [1, -2] on one energy give "
+                     "exp(+E)). For 'p_1 and not p_2' use "
                      "fkdiff.sampling.targets.negation(E1, E2, alpha) with alpha < 1.")
   return _combine(energy_fns, w)
 

@@ -262,10 +262,8 @@ class ScoreOnly(NamedTuple):
   def propose(self, target: Target, x: Array, evaluation: Evaluation, noise: Array, var: Array,
               sigma: Array) -> Tuple[Array, Array]:
     """:meth:`move`, and Euler–Maruyama's mean (the kernel ratio is not used by these weights)."""
-    mean = x + var * (-evaluation.grad)
-    if self.proposal == "euler":
-      return mean + noise, mean
-    return self.move(target, x, evaluation.grad, noise, var, sigma), mean
+    return (self.move(target, x, evaluation.grad, noise, var, sigma),
+            x + var * (-evaluation.grad))
 
   def cached_potential_and_grad(self, target: Target, evaluation: Evaluation):
     """``(U, ∇A)`` is ``(U, ∇U)`` when the target has no terms."""
