@@ -45,7 +45,7 @@ def load_teacher(path):
       blob = serialization.msgpack_restore(f.read())
     meta = json.loads(bytes(blob["meta"]).decode())
     return blob["params"], meta["mixture_kwargs"], meta["model"]
-  from fkdiff import runs
+  from fkdiff.training import runs
   config = runs.read_run_config(path)
   _, params, _ = runs.load_teacher(path)
   model = {k: config.model[k] for k in ("width", "depth", "emb_dim")}

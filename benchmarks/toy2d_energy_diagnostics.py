@@ -19,7 +19,7 @@ import os
 
 import jax
 
-from fkdiff import runs
+from fkdiff.training import runs
 from fkdiff.training import train
 
 SOURCES = (("plain", "energies"), ("consistent", "energies_consistent"))

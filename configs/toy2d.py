@@ -2,30 +2,41 @@
 
 Trains three teachers on embedded 2-D Gaussian mixtures (a ring of 8; an elongated vertical
 two-mode "bar"; three modes of unequal weight), distils each into an energy, then samples
-(a) the product ring × bar and (b) the unequal mixture at β = 3, with SMC (score-only and
-exact-ratio weights), naive score-sum / scaled-score reverse diffusion and annealed MALA/HMC (step
-sizes tuned per level to an acceptance rate) — with the learned energies, with time-consistent
-learned energies (SMC only) and with the exact ones — each over 8 seeds, and scores every sample
-set against the exact target.
+(a) the product ring × bar and (b) the unequal mixture at β = 3 over 8 seeds and scores every
+sample set against the exact target.
+
+Variants:
+  ''      the first command (≈ 9 min on 2 CPU cores): ``smc_sample``'s default weights and the
+          naive score-sum / scaled-score sampler, each with the learned and the exact energies,
+          4 seeds.
+  full    the whole study (≈ 40 min), 8 seeds: also score-only SMC with the job's unit-noise setting,
+          exact-ratio SMC, annealed MALA / HMC (step sizes tuned per level to an acceptance
+          rate) and time-consistent energies (SMC only). Rows other studies add go here.
+  smoke   the full study's every row on tiny models, 2 seeds (≈ 5 min): a pipeline check.
 
 Launch:
   python launch.py --config=configs/toy2d.py --workdir=runs/toy2d
+  python launch.py --config=configs/toy2d.py:full --workdir=runs/toy2d_full
   python launch.py --config=configs/toy2d.py:smoke --workdir=runs/toy2d_smoke
 
 Outputs in the workdir: results.json / results.txt (task × method × energy → metrics), product.png,
-low_temperature.png, ess.png, teachers/, energies/ and energies_consistent/ (stage runs, reused on
-relaunch), TensorBoard scalars. Expected time on 2 CPU cores: full ≈ 35 min (training ≈ 12 min
-idle, of which the time-consistent energies ≈ 7), :smoke ≈ 4 min. Expected figures:
-docs/experiments.md and benchmarks/RESULTS.md (SMC's mode-mass error well below the naive
+low_temperature.png, ess.png, teachers/, energies/ (and, with ``full``, energies_consistent/):
+stage runs, reused on relaunch (the default and ``full`` train the same teachers and plain
+energies, so ``full`` in the default's workdir reuses them), TensorBoard scalars. Expected
+figures: docs/experiments.md and benchmarks/RESULTS.md (SMC's mode-mass error well below the naive
 sampler's on both tasks; exact-ratio SMC holds on the time-consistent energies).
 """
 
+from fkdiff.experiments import toy2d
 from fkdiff.experiments.toy2d import job_config
 
 
+VARIANTS = ("", "full", "smoke")
+
+
 def get_config(variant: str = ""):
-  if variant not in ("", "smoke"):
-    raise ValueError(f"Unknown variant {variant!r}; use '' or 'smoke'.")
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown variant {variant!r}; use one of {VARIANTS}.")
   smoke = variant == "smoke"
   c = job_config()
   c.datasets.ring = {"mixture": "ring", "mixture_kwargs": {"num_modes": 8, "radius": 2.0,
@@ -68,10 +79,20 @@ def get_config(variant: str = ""):
   # target at λ = 0.1 and 6,000 steps keeps every model's score error at or below plain
   # distillation's (λ = 0.3: ring +9 … +18 %) and the inter-mode levels within 0.08 nats
   # (benchmarks/RESULTS.md, "Time-consistent energies in the jobs").
-  c.energies = ("learned", "consistent", "exact")
   c.consistent.time_weight = 0.1
   c.consistent.num_steps = 60 if smoke else 6000
   c.teacher.optim.learning_rate = 2e-3
+  if variant == "":   # the first command: the library's default SMC against the naive sampler.
+    c.methods = ("smc_default", "naive")
+    c.energies = ("learned", "exact")
+    # 4 seeds (one SMC run of the learned product: ≈ 20 s here) and no stage evaluations (the
+    # distillations' heat-equation diagnostics: ≈ 25 s each); the stages are the full study's.
+    c.eval.num_seeds = 4
+    for stage in (c.teacher, c.distill):
+      stage.eval.num_samples = 0
+  else:
+    c.methods = toy2d.METHODS
+    c.energies = ("learned", "consistent", "exact")
   if smoke:
     c.sampler.update(num_particles=256, num_steps=24, mcmc_steps_per_level=2)
     c.eval.update(grid_size=120, num_distance_samples=256)

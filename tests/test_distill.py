@@ -309,7 +309,7 @@ def test_dropout_is_compute_only_for_distillation(tmp_path):
   import os
   from conftest import ROOT
   from fkdiff import models
-  from fkdiff import runs as runs_lib
+  from fkdiff.training import runs as runs_lib
   from fkdiff.data.source import DataSource
   from fkdiff.training import tasks
   from fkdiff.training.config import config_module

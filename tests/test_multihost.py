@@ -182,8 +182,11 @@ def runs(tmp_path_factory):
     deadline = time.time() + TIMEOUT_S
     while not first_ckpt.exists():
       if any(p.poll() is not None for p in killed) or time.time() > deadline:
-        pytest.fail("the 2-process job ended or stalled before its first checkpoint:\n"
-                    + _log(tmp / "logs_killed")[-3000:])
+        codes = [p.poll() for p in killed]
+        pytest.fail(f"the 2-process job {'stalled' if codes == [None, None] else 'ended'} "
+                    f"before its first checkpoint (return codes {codes}):\n"
+                    + "\n".join(f"--- process {i}:\n" + _log(tmp / "logs_killed", i)[-3000:]
+                                for i in range(2)))
       time.sleep(0.05)
     killed[1].send_signal(signal.SIGSTOP)   # freeze: process 0 blocks at its next collective.
     saved = sorted(int(s) for s in os.listdir(first_ckpt.parent) if s.isdigit())

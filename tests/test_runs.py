@@ -1,5 +1,5 @@
-"""Loading finished runs (``fkdiff.runs``): the trainer's own networks and EMA parameters, σ_d from
-``config.json`` alone (and the fallback of runs written before it was recorded), clear errors."""
+"""Loading finished runs (``fkdiff.training.runs``): the trainer's own networks and EMA parameters,
+σ_d from ``config.json`` alone (and the fallback of runs written before it was recorded), clear errors."""
 
 import json
 import math
@@ -12,7 +12,7 @@ import pytest
 
 import fkdiff
 from conftest import tiny_teacher_config
-from fkdiff import runs
+from fkdiff.training import runs
 from fkdiff.training import checkpoint, train_and_evaluate
 from fkdiff.training.train import make_trainer
 

@@ -40,10 +40,14 @@ def test_smoke_pipeline_writes_every_entry_and_reuses_stages(tmp_path, capsys):
   assert json.dumps(results, sort_keys=True) == json.dumps(saved, sort_keys=True)
   for name in ("product.png", "low_temperature.png", "ess.png", "results.txt"):
     assert (tmp_path / name).stat().st_size > 0
+  # A progress line per sampled row, numbered, with an ETA.
+  rows = sum(1 for task in toy2d.TASKS for name, v in saved[task].items()
+             if isinstance(v, dict) and not name.startswith("floor/"))
+  out = capsys.readouterr().out
+  assert [f"[{k}/{rows}, ETA" in out for k in (1, rows)] == [True, True], out[-2000:]
   # A rerun reuses the finished teachers and energies instead of training again.
   config.tasks = ("low_temperature",)
   config.methods = ("naive",)
-  capsys.readouterr()
   toy2d.run(config, str(tmp_path))
   out = capsys.readouterr().out
   assert "Stage teacher/unequal: finished at step 60" in out and "reusing" in out

@@ -48,9 +48,25 @@ def test_run_writes_config_checkpoints_metrics_and_samples(tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
 
 
-def test_keeps_only_the_last_k_checkpoints(tmp_path):
-  train_and_evaluate(tiny_teacher_config(checkpoint_every=10, keep_checkpoints=2), str(tmp_path))
+def test_keeps_only_the_last_k_checkpoints(tmp_path, monkeypatch, capsys):
+  config = tiny_teacher_config(checkpoint_every=10, keep_checkpoints=2)
+  train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["30", "40"]
+  # Reading a workdir (its latest step; whether a job's stage is finished) builds no orbax
+  # CheckpointManager: a manager's constructor is a barrier, and in a multi-process job one
+  # process can see ``checkpoints/`` that another has just created — a manager on that process
+  # only gave the two different barrier sequences and hung the job.
+  from fkdiff.experiments import common
+
+  def no_manager(*args, **kwargs):
+    raise AssertionError("a CheckpointManager was built to read the workdir")
+
+  (tmp_path / "checkpoints" / "50.orbax-checkpoint-tmp-7").mkdir()   # an unfinished save
+  monkeypatch.setattr(checkpoint.ocp, "CheckpointManager", no_manager)
+  assert checkpoint.latest_step(str(tmp_path)) == 40
+  assert checkpoint.latest_step(str(tmp_path / "missing")) is None
+  common.run_stage("teacher", config, str(tmp_path))
+  assert "finished at step 40" in capsys.readouterr().out
 
 
 @pytest.mark.slow   # a launch.py job, killed, and two trainings

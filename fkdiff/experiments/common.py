@@ -2,7 +2,7 @@
 
 import json
 import os
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -20,13 +20,10 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> Non
   raises instead of being reused.
   """
   from fkdiff.training import train_and_evaluate
-  if os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+  step = checkpoint.latest_step(workdir)   # a listing: no restore, no multi-process barrier.
+  if step is not None:
     checkpoint.check_compatible(workdir, config)
     checkpoint.check_same_objective(workdir, config)
-    try:
-      _, _, step = checkpoint.load_run(workdir)
-    except checkpoint.CheckpointError:
-      step = None
     if step == config.training.num_steps:
       msg = f"Stage {name}: finished at step {step} in {workdir}; reusing its checkpoint."
       logging.info(msg)
@@ -34,6 +31,39 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> Non
       return
   print(f"Stage {name}: training in {workdir} ...", flush=True)
   train_and_evaluate(config, workdir)
+
+
+# Where a distilled energy source's stages live in a job's workdir (each distils the teacher
+# ``teachers/<name>``): plain distillation and the time-consistent one (METHOD.md §3b).
+ENERGY_FOLDERS = {"learned": "energies", "consistent": "energies_consistent"}
+
+
+def train_models(config: ml_collections.ConfigDict, workdir: str, names: Sequence[str],
+                 stage_config: Callable) -> Dict[str, Dict[str, str]]:
+  """Runs (or reuses) a job's training stages: a teacher per model name and, for every
+  distilled source of ``config.energies`` (:data:`ENERGY_FOLDERS`), its distillation of it.
+
+  Args:
+    config: the job's config (``teacher``, ``distill``, ``consistent`` and ``energies``).
+    names: the models to train.
+    stage_config: ``(base, task, name, teacher_workdir) -> ConfigDict``, the stage's training
+      config: ``base`` (``config.teacher`` or a distillation's) with the model's data.
+  Returns:
+    ``{source: {name: energy workdir}}``.
+  """
+  distill = {"learned": config.distill,
+             "consistent": time_consistent_distill(config.distill, config.consistent)}
+  sources = [s for s in ENERGY_FOLDERS if s in config.energies]
+  out = {s: {} for s in sources}
+  for name in names if sources else ():
+    t_dir = os.path.join(workdir, "teachers", name)
+    run_stage(f"teacher/{name}", stage_config(config.teacher, "teacher", name, ""), t_dir)
+    for source in sources:
+      folder = ENERGY_FOLDERS[source]
+      e_dir = os.path.join(workdir, folder, name)
+      run_stage(f"{folder}/{name}", stage_config(distill[source], "distill", name, t_dir), e_dir)
+      out[source][name] = e_dir
+  return out
 
 
 def check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fkdiff import runs
+from fkdiff.training import runs
 from fkdiff.data import images
 from fkdiff.diffusion import edm
 from fkdiff.evaluation import classifier as classifier_lib
@@ -206,24 +206,11 @@ def stage_config(base: ml_collections.ConfigDict, task: str, model: str, data_di
 
 
 def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Dict[str, str]]:
-  """Runs (or reuses) both teachers and the distillations of every source in ``config.energies``;
-  returns ``{source: {model: energy workdir}}`` (``energies/`` for ``learned``,
-  ``energies_consistent/`` for ``consistent``)."""
-  stages = {"learned": ("energies", config.distill),
-            "consistent": ("energies_consistent",
-                           common.time_consistent_distill(config.distill, config.consistent))}
-  out = {source: {} for source in config.energies}
-  for name in MODELS:
-    t_dir = os.path.join(workdir, "teachers", name)
-    common.run_stage(f"teacher/{name}",
-                     stage_config(config.teacher, "teacher", name, config.data_dir), t_dir)
-    for source in config.energies:
-      folder, distill = stages[source]
-      e_dir = os.path.join(workdir, folder, name)
-      common.run_stage(f"{folder}/{name}", stage_config(distill, "distill", name,
-                                                        config.data_dir, t_dir), e_dir)
-      out[source][name] = e_dir
-  return out
+  """Runs (or reuses) both teachers and the distillations of every source in ``config.energies``
+  (:func:`fkdiff.experiments.common.train_models`); ``{source: {model: energy workdir}}``."""
+  return common.train_models(
+      config, workdir, list(MODELS),
+      lambda base, task, name, t_dir: stage_config(base, task, name, config.data_dir, t_dir))
 
 
 class ConditionalEnergy(NamedTuple):
@@ -235,8 +222,9 @@ class ConditionalEnergy(NamedTuple):
 
 def load_energies(energy_dirs: Dict[str, str]) -> Dict[str, ConditionalEnergy]:
   """``{model: ConditionalEnergy}`` of the distilled energies in ``energy_dirs``
-  (``{model: workdir}``, model names of :data:`MODELS`), each from :func:`fkdiff.runs.load_energy`
-  (EMA parameters) with its null label ∅ (the model's number of classes)."""
+  (``{model: workdir}``, model names of :data:`MODELS`), each from
+  :func:`fkdiff.training.runs.load_energy` (EMA parameters) with its null label ∅ (the model's
+  number of classes)."""
   out = {}
   for name, e_dir in energy_dirs.items():
     fn, params, _ = runs.load_energy(e_dir)
@@ -254,7 +242,7 @@ def export_models(workdir: str, dest: str) -> None:
     config, step = checkpoint.read_config(src), checkpoint.latest_step(src)
     if config is None or step is None:
       raise checkpoint.CheckpointError(f"{src} holds no finished stage; run the job first.")
-    if stage.startswith("energies"):   # relative to the energy's workdir (fkdiff.runs).
+    if stage.startswith("energies"):   # relative to the energy's workdir (fkdiff.training.runs).
       config.teacher.workdir = os.path.join("..", "..", "teachers", os.path.basename(stage))
     shutil.copytree(os.path.join(checkpoint.checkpoint_dir(src), str(step)),
                     os.path.join(checkpoint.checkpoint_dir(out), str(step)))

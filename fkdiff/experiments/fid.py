@@ -196,7 +196,7 @@ def reference(config, workdir: str, features, load_split) -> fid_lib.FeatureStat
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The FID job; returns ``results.json``'s content."""
-  from fkdiff import runs
+  from fkdiff.training import runs
   from fkdiff.data import images
   from fkdiff.training import distributed, parallel, tasks
   validate_job_config(config)

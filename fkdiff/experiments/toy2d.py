@@ -10,9 +10,8 @@ Stages (each a ``train_and_evaluate`` run in its own sub-workdir; finished ones 
      - ``low_temperature``: ``∝ p^β`` of a mixture with unequal weights;
      methods ``smc_score`` (Feynman–Kac SMC with score-only weights, METHOD.md §4b),
      ``smc_ratio`` (SMC with exact-ratio weights, §4), ``smc_default`` (``smc_sample``'s
-     default weights, docs/METHOD.md §4c; not in the default ``methods``), ``naive`` (reverse
-     diffusion on summed /
-     scaled scores), ``mala`` / ``hmc`` (annealed MCMC); energy sources ``learned`` (the distilled
+     default weights, docs/METHOD.md §4c), ``naive`` (reverse diffusion on summed / scaled
+     scores), ``mala`` / ``hmc`` (annealed MCMC); energy sources ``learned`` (the distilled
      energies), ``consistent`` (the time-consistent ones; only ``consistent.methods`` run on
      them) and ``exact`` (closed-form diffused mixtures), which separates learning error from
      sampler error.
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fkdiff import runs
+from fkdiff.training import runs
 from fkdiff.data import gmm as gmm_lib
 from fkdiff.data import toy
 from fkdiff.diffusion import edm
@@ -47,13 +46,12 @@ from fkdiff.sampling.baselines import naive_reverse_sample
 from fkdiff.training.config import default_config, validate_config
 
 TASKS = ("product", "low_temperature")
-METHODS = ("smc_score", "smc_ratio", "naive", "mala", "hmc")
 # score-only (sampler.score_rule, unit noise) / exact-ratio weights / smc_sample's default
-# (weights.DEFAULT; not in METHODS, so not in the first command: --config.methods to add it).
+# (weights.DEFAULT), then the unweighted baselines.
 SMC_METHODS = ("smc_score", "smc_ratio", "smc_default")
-VALID_METHODS = METHODS + ("smc_default",)
+METHODS = SMC_METHODS + ("naive", "mala", "hmc")
 SOURCES = ("learned", "consistent", "exact")
-DISTILLED = ("learned", "consistent")           # sources trained by the job (stages 2 / 2b)
+DISTILLED = tuple(common.ENERGY_FOLDERS)          # sources trained by the job (stages 2 / 2b)
 
 
 def job_config() -> ml_collections.ConfigDict:
@@ -109,8 +107,8 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
   for kind, names, valid in (("task", config.tasks, TASKS),
-                             ("method", config.methods, VALID_METHODS),
-                             ("consistent method", config.consistent.methods, VALID_METHODS),
+                             ("method", config.methods, METHODS),
+                             ("consistent method", config.consistent.methods, METHODS),
                              ("energy source", config.energies, SOURCES)):
     unknown = [n for n in names if n not in valid]
     if unknown:
@@ -134,7 +132,7 @@ def _needed_models(config):
 # Stages 1-2: teachers and distilled energies.
 
 
-def _stage_config(base: ml_collections.ConfigDict, task: str, dataset, teacher_workdir=""):
+def _stage_config(base: ml_collections.ConfigDict, task: str, dataset, teacher_workdir: str):
   c = ml_collections.ConfigDict(base.to_dict())
   c.task = task
   c.data.mixture = dataset.mixture
@@ -146,27 +144,11 @@ def _stage_config(base: ml_collections.ConfigDict, task: str, dataset, teacher_w
 
 
 def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Dict[str, str]]:
-  """Runs (or reuses) the teacher and distillation stages of the distilled sources in
-  ``config.energies``; returns ``{source: {model name: energy workdir}}``.
-
-  ``learned`` energies live in ``energies/<name>``, ``consistent`` ones in
-  ``energies_consistent/<name>``; both distil the same teacher ``teachers/<name>``.
-  """
-  stages = {"learned": ("energies", config.distill),
-            "consistent": ("energies_consistent",
-                           common.time_consistent_distill(config.distill, config.consistent))}
-  sources = [s for s in DISTILLED if s in config.energies]
-  out = {s: {} for s in sources}
-  for name in _needed_models(config) if sources else ():
-    dataset = config.datasets[name]
-    t_dir = os.path.join(workdir, "teachers", name)
-    common.run_stage(f"teacher/{name}", _stage_config(config.teacher, "teacher", dataset), t_dir)
-    for source in sources:
-      folder, distill = stages[source]
-      e_dir = os.path.join(workdir, folder, name)
-      common.run_stage(f"{folder}/{name}", _stage_config(distill, "distill", dataset, t_dir), e_dir)
-      out[source][name] = e_dir
-  return out
+  """Runs (or reuses) the teachers and energies of the distilled sources in ``config.energies``
+  (:func:`fkdiff.experiments.common.train_models`); ``{source: {model name: energy workdir}}``."""
+  return common.train_models(
+      config, workdir, _needed_models(config),
+      lambda base, task, name, t_dir: _stage_config(base, task, config.datasets[name], t_dir))
 
 
 class Energies(NamedTuple):
@@ -177,7 +159,7 @@ class Energies(NamedTuple):
 
 def load_learned(energy_dirs: Dict[str, str]) -> Energies:
   """The distilled energies of the stage workdirs ``{name: workdir}``, each from
-  :func:`fkdiff.runs.load_energy` (EMA parameters)."""
+  :func:`fkdiff.training.runs.load_energy` (EMA parameters)."""
   loaded = {name: runs.load_energy(e_dir) for name, e_dir in energy_dirs.items()}
   return Energies({name: fn for name, (fn, _, _) in loaded.items()},
                   {name: params for name, (_, params, _) in loaded.items()})
@@ -342,11 +324,19 @@ def model_floor(target, truth: Truth, sigma) -> dict:
   return {"mode_mass_tv": float(0.5 * jnp.sum(err)), "mode_mass_max_error": float(jnp.max(err))}
 
 
-def _progress_line(task, method, source, metrics, config, start) -> str:
-  """One line per sampled row (the sampling phase is most of the job's time), with what the
-  weights' own numbers say when they degenerated."""
-  line = (f"Sampled {task} {method}/{source}: {config.eval.num_seeds} seeds in "
-          f"{time.perf_counter() - start:.0f} s, mode-mass TV {metrics['mode_mass_tv']:.4f}")
+def _methods_for(source: str, config) -> list:
+  return [m for m in config.methods if source != "consistent" or m in config.consistent.methods]
+
+
+def _progress_line(task, method, source, metrics, config, start, done, total, phase_start) -> str:
+  """One line per sampled row (row ``done`` of ``total``; the sampling phase is most of the job's
+  time) with an ETA from the rows so far, and what the weights' own numbers say when they
+  degenerated."""
+  now = time.perf_counter()
+  eta = (now - phase_start) / done * (total - done)
+  line = (f"Sampled [{done}/{total}, ETA {eta / 60:.1f} min] {task} {method}/{source}: "
+          f"{config.eval.num_seeds} seeds in {now - start:.0f} s, "
+          f"mode-mass TV {metrics['mode_mass_tv']:.4f}")
   ess = metrics.get("ess_min_fraction")
   if ess is not None and ess * config.sampler.num_particles < 2.0:
     line += " — weights degenerate (ESS < 2 at some level): these are draws of the proposal"
@@ -360,6 +350,8 @@ def run_tasks(config, workdir: str, distilled: Dict[str, Energies], mixtures) ->
   sigma_k = config.sampler.sigma_min
   sources = {"exact": exact_energies(mixtures), **distilled}
   key = jax.random.key(config.seed)
+  total = len(config.tasks) * sum(len(_methods_for(s, config)) for s in config.energies)
+  done, phase_start = 0, time.perf_counter()
   for task in config.tasks:
     if task == "product":
       a, b = (mixtures[n] for n in config.product.models)
@@ -374,15 +366,13 @@ def run_tasks(config, workdir: str, distilled: Dict[str, Energies], mixtures) ->
       sigma_data = float(np.mean([gmm_lib.data_std(mixtures[n]) for n in names]))
       if source in DISTILLED:
         results[task][f"floor/{source}"] = model_floor(potential(params), truth, sigma_k)
-      methods = [m for m in config.methods
-                 if source != "consistent" or m in config.consistent.methods]
-      for method in methods:
+      for method in _methods_for(source, config):
         start = time.perf_counter()
         key, k_run, k_eval = jax.random.split(key, 3)
-        runs = run_method(method, jax.random.split(k_run, config.eval.num_seeds), potential,
-                          params, config, sigma_data)
+        seed_runs = run_method(method, jax.random.split(k_run, config.eval.num_seeds),
+                               potential, params, config, sigma_data)
         per_seed = []
-        for (samples, diag), k in zip(runs, jax.random.split(k_eval, len(runs))):
+        for (samples, diag), k in zip(seed_runs, jax.random.split(k_eval, len(seed_runs))):
           metrics = score_samples(samples, truth, k, config.eval.num_distance_samples)
           metrics.update({n: float(v) for n, v in diag.items() if n != "ess_path"})
           per_seed.append(metrics)
@@ -390,8 +380,10 @@ def run_tasks(config, workdir: str, distilled: Dict[str, Energies], mixtures) ->
         if method == "smc_ratio" and source == "exact":
           metrics["log_Z_exact"] = truth.log_z
         results[task][f"{method}/{source}"] = metrics
-        print(_progress_line(task, method, source, metrics, config, start), flush=True)
-        samples, diag = runs[0]
+        done += 1
+        print(_progress_line(task, method, source, metrics, config, start, done, total,
+                             phase_start), flush=True)
+        samples, diag = seed_runs[0]
         figures[(task, method, source)] = (np.asarray(samples), diag.get("ess_path"))
     plots.task_figure(os.path.join(workdir, f"{task}.png"), task, truth.grid, figures,
                       config.methods, config.energies)

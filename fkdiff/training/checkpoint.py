@@ -8,8 +8,8 @@ a teacher workdir that does not exist.
 (atomic on a POSIX filesystem; ``commit_success.txt`` marks completion on object stores), so a
 save killed half-way leaves no step behind. Nothing in orbax checks the *contents* later: every
 save here records a SHA-256 digest of ``params`` and ``ema_params`` in the step's metadata
-(:func:`save`), and every restore path (:func:`restore_latest`, :func:`load_run`,
-:func:`fkdiff.runs.restore_params`) compares the restored arrays with it
+(:func:`save`), and both restore paths (:func:`restore_latest` for a resuming job,
+:func:`load_run` for a finished run) compare the restored arrays with it
 (:func:`verify_digests`): a flipped bit, or arrays swapped in from another step, is a
 ``CheckpointError`` naming the step, and so is a step whose metadata file is gone. Steps saved
 without digests (older runs) are not checked.
@@ -18,7 +18,7 @@ without digests (older runs) are not checked.
 import hashlib
 import json
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
@@ -94,11 +94,15 @@ def verify_digests(manager: ocp.CheckpointManager, step: int, restored) -> None:
 
 
 def latest_step(workdir: str) -> Optional[int]:
-  """The newest checkpoint step in ``workdir``, or ``None`` (reads no arrays)."""
-  if not os.path.isdir(checkpoint_dir(workdir)):
-    return None
-  with ocp.CheckpointManager(checkpoint_dir(workdir)) as manager:
-    return manager.latest_step()
+  """The newest finalized checkpoint step in ``workdir``, or ``None`` (reads no arrays).
+
+  A directory listing, never a ``CheckpointManager``: in a multi-process job a manager's
+  constructor is a barrier, and this is called where processes can see the workdir at different
+  moments (one process may already have created ``checkpoints/``), so a manager here would give
+  the processes different barrier sequences and hang the job.
+  """
+  steps = ocp.utils.checkpoint_steps(checkpoint_dir(workdir))
+  return max(steps) if steps else None
 
 
 def read_config(workdir: str) -> Optional[ml_collections.ConfigDict]:
@@ -248,17 +252,21 @@ def first_line(error: BaseException) -> str:
   return text[0][:300] if text else ""
 
 
-def load_run(workdir: str, sharding: Optional[jax.sharding.Sharding] = None):
-  """The resolved config and the latest checkpoint of a finished run, on the current devices.
+def load_run(workdir: str, sharding: Optional[jax.sharding.Sharding] = None,
+             parts: Optional[Sequence[str]] = None):
+  """The resolved config and the latest checkpoint of a finished run, on the current devices:
+  the one restore path of a finished run (:func:`fkdiff.training.runs.restore_params` is this
+  with ``parts=("ema_params",)``; a training job resumes through :func:`restore_latest`).
 
-  Used to load a frozen teacher, or to inspect a run. The checkpoint may have been written on any
-  number of devices or processes.
+  The checkpoint may have been written on any number of devices or processes.
 
   Args:
     workdir: the run's workdir.
     sharding: where to place every restored array (default: replicated over all devices).
+    parts: the top-level entries to restore (e.g. ``("ema_params",)``: nothing else is read);
+      default all.
   Returns:
-    ``(config, tree, step)`` with ``tree`` the saved state as nested dicts
+    ``(config, tree, step)`` with ``tree`` the saved state (or its ``parts``) as nested dicts
     (``{'params', 'ema_params', 'opt_state', 'step'}``).
   Raises:
     CheckpointError: if the workdir, its config or its checkpoints are missing or unreadable.
@@ -272,18 +280,23 @@ def load_run(workdir: str, sharding: Optional[jax.sharding.Sharding] = None):
   if sharding is None:
     from fkdiff.training.parallel import data_mesh, replicated
     sharding = replicated(data_mesh())
+  if latest_step(workdir) is None:
+    raise CheckpointError(f"{workdir} has no checkpoint yet; let its training run finish.")
   with ocp.CheckpointManager(checkpoint_dir(workdir),
-                             item_handlers=ocp.StandardCheckpointHandler()) as manager:
+                             item_handlers=ocp.PyTreeCheckpointHandler()) as manager:
     step = manager.latest_step()
-    if step is None:
-      raise CheckpointError(f"{workdir} has no checkpoint yet; let its training run finish.")
     try:
       metadata = manager.item_metadata(step).tree
       abstract = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
-      tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:
-      raise CheckpointError(f"Cannot read checkpoint step {step} of {workdir}: "
-                            f"{type(e).__name__}: {first_line(e)}") from e
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+          {k: v for k, v in metadata.items() if parts is None or k in parts})
+      tree = manager.restore(step, args=ocp.args.PyTreeRestore(
+          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True))
+    except Exception as e:  # orbax raises several types for missing, corrupt and foreign data.
+      raise CheckpointError(
+          f"Cannot read checkpoint step {step} of {workdir}: it is unreadable (corrupt or "
+          f"partially written) or not an fkdiff checkpoint. Cause: {type(e).__name__}: "
+          f"{first_line(e)}") from e
     verify_digests(manager, step, tree)
   return config, tree, step

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fkdiff import losses, models, runs
+from fkdiff import losses, models
+from fkdiff.training import runs
 from fkdiff.training.checkpoint import CheckpointError
 from fkdiff.data.source import DataSource
 
@@ -30,7 +31,7 @@ class Task(NamedTuple):
     energy_fn: ``energy_fn(params, x, sigma) -> scalar`` for energy models, else ``None``.
     frozen: parameters the loss uses but does not train (a distillation teacher), or ``None``.
     sigma_data: σ_d of the model's preconditioning (a distilled energy: its teacher's); the
-      trainer records it in the run's ``config.json`` (:mod:`fkdiff.runs`).
+      trainer records it in the run's ``config.json`` (:mod:`fkdiff.training.runs`).
   """
   init_params: Callable
   loss_fn: Callable
@@ -140,7 +141,7 @@ def _architecture(model_config: ml_collections.ConfigDict):
 
 def frozen_teacher(config: ml_collections.ConfigDict):
   """The frozen teacher of a distillation config: ``(denoise_fn, params, sigma_data)`` of
-  :func:`fkdiff.runs.load_teacher` (its EMA parameters unless ``teacher.use_ema`` is off).
+  :func:`fkdiff.training.runs.load_teacher` (its EMA parameters unless ``teacher.use_ema`` is off).
 
   Raises:
     CheckpointError: if ``config.teacher.workdir`` is missing or holds no readable checkpoint.

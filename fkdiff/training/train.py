@@ -165,7 +165,7 @@ def _global_host_batch(data: DataSource, seed: int, batch_size: int, sharding, s
 def recorded_config(config: ml_collections.ConfigDict, task: Task) -> ml_collections.ConfigDict:
   """The run's ``config.json``: ``config`` with ``data.sigma_data`` set to the σ_d the model uses
   (``task.sigma_data``: the data's for a teacher, the teacher's for a distilled energy), so that
-  loading a run (:mod:`fkdiff.runs`) reads it from this file."""
+  loading a run (:mod:`fkdiff.training.runs`) reads it from this file."""
   recorded = ml_collections.ConfigDict(config.to_dict())
   recorded.data.sigma_data = float(task.sigma_data)
   return recorded

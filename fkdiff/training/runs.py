@@ -28,7 +28,6 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from fkdiff import models
 from fkdiff.data.pipeline import make_data_source
@@ -143,30 +142,8 @@ def restore_params(workdir: str, use_ema: bool = True,
   Raises:
     CheckpointError: no checkpoint, or an unreadable one.
   """
-  if sharding is None:
-    from fkdiff.training.parallel import data_mesh, replicated
-    sharding = replicated(data_mesh())
   name = "ema_params" if use_ema else "params"
-  directory = checkpoint.checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"{workdir} has no checkpoint yet; let its training run finish.")
-  with ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler()) as manager:
-    step = manager.latest_step()
-    if step is None:
-      raise CheckpointError(f"{workdir} has no checkpoint yet; let its training run finish.")
-    try:
-      saved = manager.item_metadata(step).tree
-      abstract = {name: jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved[name])}
-      tree = manager.restore(step, args=ocp.args.PyTreeRestore(
-          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-          partial_restore=True))
-    except Exception as e:  # orbax raises several types for missing, corrupt and foreign data.
-      raise CheckpointError(
-          f"Cannot read checkpoint step {step} of {workdir}: it is unreadable (corrupt or "
-          f"partially written) or not an fkdiff checkpoint. Cause: {type(e).__name__}: "
-          f"{checkpoint.first_line(e)}") from e
-    checkpoint.verify_digests(manager, step, tree)
+  _, tree, step = checkpoint.load_run(workdir, sharding, parts=(name,))
   return tree[name], int(step)
 
 
