@@ -280,11 +280,11 @@ def load_run(workdir: str, sharding: Optional[jax.sharding.Sharding] = None,
   if sharding is None:
     from fkdiff.training.parallel import data_mesh, replicated
     sharding = replicated(data_mesh())
-  if latest_step(workdir) is None:
+  step = latest_step(workdir)
+  if step is None:
     raise CheckpointError(f"{workdir} has no checkpoint yet; let its training run finish.")
   with ocp.CheckpointManager(checkpoint_dir(workdir),
                              item_handlers=ocp.PyTreeCheckpointHandler()) as manager:
-    step = manager.latest_step()
     try:
       metadata = manager.item_metadata(step).tree
       abstract = jax.tree.map(
