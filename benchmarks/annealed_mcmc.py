@@ -11,7 +11,7 @@ level's acceptance and step. The fixed step is ``0.05 σ² + 1e-4`` (for HMC a s
 import jax
 import numpy as np
 
-from fkdiff.data import gmm, toy
+from fkdiff.data import toy
 from fkdiff.diffusion import edm
 from fkdiff.experiments import toy2d
 from fkdiff.sampling import mcmc, reverse
@@ -32,8 +32,8 @@ def main(num=2048, seeds=3):
   print("| task | kernel | leapfrog | target acc. | TV | NLL | last acc. | last step |")
   print("|---|---|---|---|---|---|---|---|")
   for task, truth in truths.items():
-    potential, params, names = toy2d.task_potential(task, c, source)
-    sigma_data = float(np.mean([gmm.data_std(mix[n]) for n in names]))
+    potential, params = toy2d.task_potential(task, c, source)
+    sigma_data = potential(params).sigma_data
     for kernel, leapfrog, target in SETTINGS:
       run = jax.jit(lambda key: mcmc.annealed_mcmc_sample(
           key, potential(params), reverse.prior_sample(key, num, (2,), 10.0, sigma_data), sigmas,

@@ -31,7 +31,7 @@ import numpy as np
 from digits_particles import load_run, method_config, sampler_parser
 from fkdiff.data import gmm, images
 from fkdiff.evaluation import frechet
-from fkdiff.experiments import digits
+from fkdiff.experiments import common, digits
 
 
 def exact_samples(key, em: gmm.EigenMixture, classes, beta: float, m: int) -> np.ndarray:
@@ -68,7 +68,8 @@ def main():
                                    args.ridge, args.components, args.seed))
   params = {"class": em}    # E(x, σ | c) exact; the null label (K) is the mixture p_σ(x).
   energy = lambda p, x, sigma, label: gmm.label_energy(p, x.reshape(-1), sigma, label)
-  potentials = digits.potentials({"class": digits.ConditionalEnergy(energy, em, num_classes)})
+  potentials = digits.potentials({"class": common.LoadedEnergy(energy, em, images.IMAGE_SIGMA_DATA,
+                                                              num_classes)})
   classes = tuple(range(num_classes))
   event_shape = tuple(arrays["train_x"].shape[1:])
   betas = [float(b) for b in args.betas.split(",")]
@@ -84,9 +85,9 @@ def main():
     else:   # cfg_target: exact-ratio SMC on CFG's potential.
       on_cfg = spec == "cfg_target"
       base, cfg = method_config("smc_ratio" if on_cfg else spec,
-                                digits.read_run_config(args.workdir), args)
+                                digits.read_job_config(args.workdir), args)
       potential = potentials["low_temperature", "cfg" if on_cfg else base]
-      sampler = digits.make_sampler(base, potential, cfg, event_shape, images.IMAGE_SIGMA_DATA)
+      sampler = digits.make_sampler(base, potential, cfg, event_shape)
     for i, beta in enumerate(betas):
       k = jax.random.fold_in(key, i)
       if sampler is None:

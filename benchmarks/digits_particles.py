@@ -38,7 +38,7 @@ import numpy as np
 
 from fkdiff.data import images
 from fkdiff.evaluation import classifier as classifier_lib
-from fkdiff.experiments import digits
+from fkdiff.experiments import common, digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,7 +109,7 @@ def sampler_parser(doc: str, methods: str, particles: int,
 
 def load_run(args):
   """``(config, arrays, judge, reference)`` of the run in ``args.workdir``."""
-  config = digits.read_run_config(args.workdir)
+  config = digits.read_job_config(args.workdir)
   arrays = load_arrays(args.arrays or os.path.join(args.workdir, "digits_arrays.npz"),
                        config.data_dir)
   judge = classifier_lib.load(os.path.join(args.workdir, "classifier"), arrays["train_x"])
@@ -127,7 +127,7 @@ def main():
   args = parser.parse_args()
 
   config, arrays, judge, reference = load_run(args)
-  energies = digits.load_energies({name: os.path.join(args.workdir, "energies", name)
+  energies = common.load_energies({name: os.path.join(args.workdir, "energies", name)
                                    for name in digits.MODELS})
   params = {name: e.params for name, e in energies.items()}
   potentials = digits.potentials(energies)
@@ -143,11 +143,11 @@ def main():
   results = []
   for spec in args.methods.split(","):      # method-major: an interrupted sweep has whole methods
     for task in args.tasks.split(","):
-      base, cfg = method_config(spec, digits.read_run_config(args.workdir), args)
+      base, cfg = method_config(spec, digits.read_job_config(args.workdir), args)
       if task == "and" and base == "cfg":
         continue
-      sampler = digits.make_sampler(base, potentials[task, base], cfg, event_shape,
-                                    images.IMAGE_SIGMA_DATA)   # β is an argument: one compile
+      # β is an argument: one compile.
+      sampler = digits.make_sampler(base, potentials[task, base], cfg, event_shape)
       key = jax.random.key(cfg.seed)
       t0 = time.perf_counter()
       jax.block_until_ready(sampler(params, key, *digits.sampler_conditions(classes, 1.0)))

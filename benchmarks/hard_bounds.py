@@ -54,7 +54,7 @@ def main():
   for name, potential, exact in rows(sigmas):
     for wname, weights in (("exact-ratio", ExactRatio()), ("default", weights_lib.DEFAULT)):
       run = jax.jit(jax.vmap(lambda k, w=weights, p=potential: smc_sample(
-          k, p, sigmas, args.particles, (1,), sigma_data=1.0, weights=w)))
+          k, p, sigmas, args.particles, (1,), sigma_data=1.0, scheme=w)))
       res = run(jax.random.split(jax.random.key(0), args.seeds))
       means = np.asarray(jax.vmap(lambda r: smc.weighted_mean(r)[0])(res))
       se = means.std(ddof=1) / np.sqrt(args.seeds)

@@ -155,7 +155,7 @@ def product_task(sigma_min: float):
 
 def fkdiff_smc(target, sigmas, n, ess_threshold):
   return jax.jit(lambda key: smc_sample(
-      key, target, sigmas, n, (2,), sigma_data=SIGMA_DATA, weights=ExactRatio(),
+      key, target, sigmas, n, (2,), sigma_data=SIGMA_DATA, scheme=ExactRatio(),
       resampling=Resampling("systematic", ess_threshold), final_resample=True).particles)
 
 

@@ -61,10 +61,10 @@ def _shape(dim):
   return (dim,) if isinstance(dim, int) else tuple(dim)
 
 
-def smc_fn(energy, sigmas, n, dim, weights=ExactRatio(), sigma_data=1.0):
+def smc_fn(energy, sigmas, n, dim, scheme=ExactRatio(), sigma_data=1.0):
   """Jitted ``key -> (n, *shape)`` SMC particles; ``dim`` is d or an event shape."""
   return jax.jit(lambda k: smc_sample(k, energy, sigmas, n, _shape(dim), sigma_data=sigma_data,
-                                      weights=weights).particles)
+                                      scheme=scheme).particles)
 
 
 def reverse_fn(energy, sigmas, n, dim, sigma_data=1.0):
@@ -147,7 +147,7 @@ def main():
   print("| steps | compile (s) |\n|---|---|")
   for k in [10, 100, 1000]:
     f = jax.jit(lambda key, s=karras_sigmas(k, SIGMA_MIN, SIGMA_MAX): smc_sample(
-        key, energy, s, 1024, (dim,), sigma_data=1.0, weights=ExactRatio()).particles)
+        key, energy, s, 1024, (dim,), sigma_data=1.0, scheme=ExactRatio()).particles)
     t0 = time.perf_counter()
     f.lower(key).compile()
     print(f"| {k} | {time.perf_counter() - t0:.2f} |")

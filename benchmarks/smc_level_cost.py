@@ -53,7 +53,7 @@ def main():
       if only and name not in only:
         continue
       fn = jax.jit(lambda key, s=scheme: smc_sample(key, target, sigmas, args.particles, (dim,),
-                                                    sigma_data=1.0, weights=s).particles)
+                                                    sigma_data=1.0, scheme=s).particles)
       jax.block_until_ready(fn(jax.random.PRNGKey(0)))
       times = []
       for r in range(args.reps):

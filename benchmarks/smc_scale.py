@@ -2,7 +2,7 @@
 
   python benchmarks/smc_scale.py            # ~2 minutes on a 2-core CPU
 
-Exact energies, so every error is the sampler's; exact-ratio weights (``weights=ExactRatio(...)``:
+Exact energies, so every error is the sampler's; exact-ratio weights (``scheme=ExactRatio(...)``:
 exact for any step, and they estimate ``log Ẑ``), whose ``scale`` sets the kernels. For each
 target, 16 independent SMC runs (different keys) with ``ExactRatio(scale=1)`` (start
 ``N(0, σ_0² + σ_d²)``, kernels of variance ``Δ_k``: METHOD.md §4 as written) and with the scale
@@ -33,7 +33,7 @@ NUM = 2048
 def runs(potential, sigmas, num, event_shape, sigma_data, scale):
   fn = jax.jit(jax.vmap(lambda k: smc_sample(k, potential, sigmas, num, event_shape,
                                              sigma_data=sigma_data,
-                                             weights=ExactRatio(scale=scale))))
+                                             scheme=ExactRatio(scale=scale))))
   return fn(jax.random.split(jax.random.key(0), RUNS))
 
 

@@ -92,6 +92,6 @@ def get_config(variant: str = ""):
   else:   # every method (job_config's default) on every energy source.
     c.energies = ("learned", "consistent", "exact")
   if smoke:
-    c.sampler.update(num_particles=256, num_steps=24, mcmc_steps_per_level=2)
+    c.sampler.update(num_particles=256, num_steps=24, annealed_steps_per_level=2)
     c.eval.update(grid_size=120, num_distance_samples=256)
   return c

@@ -32,7 +32,7 @@ def mean_over_runs(potential, weights, num_runs=4, num=4096, levels=100, sigma_m
   """Per-run weighted means of x[0] and the results, ``R`` runs vmapped over keys."""
   sigmas = karras_sigmas(levels, 0.002, sigma_max)
   run = jax.jit(jax.vmap(lambda k: smc_sample(k, potential, sigmas, num, (1,), sigma_data=1.0,
-                                              weights=weights)))
+                                              scheme=weights)))
   res = run(jax.random.split(jax.random.key(seed), num_runs))
   means = jax.vmap(lambda r: smc.weighted_mean(r)[0])(res)
   return np.asarray(means), res
@@ -98,7 +98,7 @@ def test_samplers_under_x64(dtype):
     x0 = prior_sample(key, 512, (2,), 20.0, 1.0, dtype=dtype)
     outs = {}
     for name, weights in SCHEMES.items():
-      res = smc_sample(key, energy, sigmas, 512, (2,), sigma_data=1.0, weights=weights,
+      res = smc_sample(key, energy, sigmas, 512, (2,), sigma_data=1.0, scheme=weights,
                        rejuvenation=mcmc.rejuvenation("mala") if name == "exact_ratio" else None,
                        final_resample=True)
       assert res.log_weights.dtype == dtype and res.log_Z.dtype == dtype

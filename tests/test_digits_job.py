@@ -14,7 +14,7 @@ from conftest import ROOT, run_python
 from helpers import write_random_fid_weights
 from fkdiff.data import images
 from fkdiff.evaluation import frechet
-from fkdiff.experiments import digits, fid
+from fkdiff.experiments import common, digits, fid
 from fkdiff.training.config import config_module
 
 
@@ -122,17 +122,18 @@ def test_one_draw_per_independent_run_samples_the_target():
   s = config.sampler
   s.num_samples, s.particles_per_run, s.num_steps = 2000, 8, 32
   energy = lambda x, sigma: 0.5 * jnp.sum(x**2) / (1.0 + sigma**2)   # p_σ = N(0, 1 + σ²)
-  potential = lambda params, cond: digits.targets.tempered(energy, cond[1])
+  unit = digits.targets.as_target(energy, sigma_data=1.0)
+  potential = lambda params, cond: digits.targets.tempered(unit, cond[1])
   conditions = digits.sampler_conditions((0, 1), 2.0)
-  ratio = digits.make_sampler("smc_ratio", potential, config, (1,), sigma_data=1.0)
+  ratio = digits.make_sampler("smc_ratio", potential, config, (1,))
   x, diag = ratio({}, jax.random.key(0), *conditions)
   assert x.shape == (2, 2000, 1)
   np.testing.assert_allclose(np.var(np.asarray(x), axis=(1, 2)), 0.5, atol=0.05)
   assert diag["ess_path"].shape == diag["resampled"].shape == (2, 31)
   np.testing.assert_array_equal(diag["nfe_per_sample"], 8 * 32)
   assert np.all(diag["ess_min_fraction"] > 0.1) and np.all(diag["set_unique"] > 0.3), diag
-  score = digits.make_sampler("smc_score", potential, config, (1,), sigma_data=1.0)
-  plain = digits.make_sampler("naive", potential, config, (1,), sigma_data=1.0)
+  score = digits.make_sampler("smc_score", potential, config, (1,))
+  plain = digits.make_sampler("naive", potential, config, (1,))
   x, diag = score({}, jax.random.key(1), *digits.sampler_conditions((0, 1), 1.0))
   assert np.all(diag["ess_min_fraction"] > 0.99) and np.all(diag["resamplings"] == 0), diag
   y, plain_diag = plain({}, jax.random.key(2), *digits.sampler_conditions((0, 1), 1.0))
@@ -149,7 +150,7 @@ def test_potentials_are_their_closed_form_compositions():
   def model(seed, num_classes):
     mu = jax.random.normal(jax.random.key(seed), (num_classes + 1, 8, 8, 1))
     fn = lambda p, x, s, label: 0.5 * jnp.sum((x - p[label])**2) / (1 + s**2)
-    return digits.ConditionalEnergy(fn, mu, num_classes)
+    return common.LoadedEnergy(fn, mu, 1.0, num_classes)
 
   cls, stroke = model(0, 10), model(1, 2)
   params = {"class": cls.params, "stroke": stroke.params}
@@ -260,7 +261,7 @@ def test_smoke_job_relaunch_reuses_every_stage(smoke_job, capsys):
 def test_smoke_job_models_export_and_load_without_the_run(smoke_job, tmp_path):
   """Exported models carry no path of the run and load (same energies) after the run is gone."""
   run = smoke_job.run
-  energy = digits.load_energies({"class": str(run / "energies" / "class")})["class"]
+  energy = common.load_energies({"class": str(run / "energies" / "class")})["class"]
   x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
   e = lambda m: np.asarray(jax.vmap(lambda a: m.fn(m.params, a, 0.5, 3))(x))
   digits.export_models(str(run), str(tmp_path / "exported"))
@@ -272,7 +273,7 @@ def test_smoke_job_models_export_and_load_without_the_run(smoke_job, tmp_path):
   moved = run.parent / "moved"
   os.rename(run, moved)
   try:
-    again = digits.load_energies({"class": str(exported)})["class"]
+    again = common.load_energies({"class": str(exported)})["class"]
     np.testing.assert_array_equal(e(again), e(energy))
   finally:
     os.rename(moved, run)
@@ -326,7 +327,7 @@ def test_the_shipped_demo_models_are_the_demo_config_and_load():
     for key in ("model", "energy", "diffusion", "optim", "data"):
       assert shipped[section][key] == json.loads(want[section].to_json())[key], (section, key)
     assert shipped[section]["training"]["num_steps"] == want[section].training.num_steps
-  energies = digits.load_energies({name: os.path.join(demo, "energies", name)
+  energies = common.load_energies({name: os.path.join(demo, "energies", name)
                                    for name in digits.MODELS})
   for energy in energies.values():
     y = jax.random.normal(jax.random.key(0), (8, 8, 1))
@@ -338,10 +339,10 @@ def test_the_shipped_demo_models_are_the_demo_config_and_load():
 
 def test_an_earlier_runs_config_reads_as_a_valid_config_of_this_version():
   """The demo's config.json predates keys this version added (the distillation's time term, the
-  ``consistent`` source): read_run_config keeps every saved value and fills the new keys with
+  ``consistent`` source): read_job_config keeps every saved value and fills the new keys with
   defaults, so the sampling scripts validate it."""
   demo = os.path.join(ROOT, "colabs", "digits_demo")
-  config = digits.read_run_config(demo)
+  config = digits.read_job_config(demo)
   digits.validate_job_config(config)
   with open(os.path.join(demo, "config.json")) as f:
     shipped = json.load(f)

@@ -15,7 +15,9 @@ mark it (an HTML comment, invisible on GitHub):
 Any other mark fails, so a block is never skipped silently. Code that cannot run in a test (cluster
 commands, job scripts) is fenced as ``bash``/``sh``, outputs and tables as ``text``; every fence
 names its language, so no Python hides in an unmarked fence. Examples that state an exact result
-(a closed form) are held to it by :data:`CLAIMS`.
+(a closed form) are held to it by :data:`CLAIMS`, and an example whose block is followed by a line
+starting ``Output`` and a ```text block prints what that block shows (:func:`_same_output`: words
+equal, numbers to 4 significant digits).
 """
 
 import ast
@@ -62,6 +64,37 @@ def _fences(lines):
       i = end
     i += 1
   return fences
+
+
+def shown_output(doc, line):
+  """The output the docs show for the ```python block whose code starts at ``line`` (1-based): the
+  ```text block right after a line starting ``Output`` just below it, else None."""
+  lines = _read(doc)
+  end = lines.index("```", line - 1)
+  if end + 2 < len(lines) and lines[end + 1].startswith("Output") and lines[end + 2] == "```text":
+    close = lines.index("```", end + 3)
+    return "\n".join(lines[end + 3:close])
+  return None
+
+
+NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^[-+]?(nan|inf)$")
+
+
+def _same_output(printed: str, shown: str) -> bool:
+  """Token by token (split at white space, brackets and commas): words equal, numbers within 1e-4
+  relative (or 1e-6 absolute; NaN equals NaN): what one CPU prints for the docs' run."""
+  split = lambda t: [w for w in re.split(r"[\s\[\](),]+", t) if w]
+  a, b = split(printed), split(shown)
+  if len(a) != len(b):
+    return False
+  for x, y in zip(a, b):
+    if NUMBER.match(x) and NUMBER.match(y):
+      fx, fy = float(x), float(y)
+      if not (np.isnan(fx) and np.isnan(fy)) and not abs(fx - fy) <= max(1e-6, 1e-4 * abs(fy)):
+        return False
+    elif x != y:
+      return False
+  return True
 
 
 def _blocks(doc):
@@ -141,6 +174,19 @@ def test_every_fence_names_its_language(doc):
     assert language in LANGUAGES, f"{doc}:{start + 1}: fence {language!r}, not one of {LANGUAGES}"
 
 
+def test_shown_outputs_are_compared():
+  """The comparison itself: the docs' shown outputs are found, and a changed word or number (past
+  4 significant digits) fails it."""
+  shown = [(b[0], b[2]) for b in RUN_BLOCKS if shown_output(b[0], b[2]) is not None]
+  assert {doc for doc, _ in shown} >= {"docs/api.md"}, shown
+  text = "mean [0.00439375 0.25574154] ESS 2369.976 log Z nan"
+  assert _same_output(text + "\n", text)
+  assert _same_output("mean [0.0043938 0.2557415] ESS 2369.98 log Z nan", text)
+  assert not _same_output(text.replace("2369.976", "2370.5"), text)
+  assert not _same_output(text.replace("ESS", "ess"), text)
+  assert not _same_output(text + " 1", text)
+
+
 def test_every_claim_has_its_example():
   for (doc, name), _ in CLAIMS.items():
     assert any(b[0] == doc and name in _assigned_names(b[3]) for b in RUN_BLOCKS), (doc, name)
@@ -155,6 +201,10 @@ def test_example_runs_as_written(doc, kind, line, code, monkeypatch):
   with contextlib.redirect_stdout(out):
     exec(compile(code, f"{doc}:{line}", "exec"), namespace)  # pylint: disable=exec-used
   print(out.getvalue())
+  shown = shown_output(doc, line)
+  if shown is not None:
+    assert _same_output(out.getvalue(), shown), (
+        f"{doc}:{line} prints\n{out.getvalue()}\nbut the docs show\n{shown}")
   assigned = _assigned_names(code)
   for (claim_doc, name), check in CLAIMS.items():
     if claim_doc == doc and name in assigned:

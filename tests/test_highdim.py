@@ -146,7 +146,7 @@ def test_settings_known_wrong_in_high_dimension_warn():
   tgt = targets.tempered(functools.partial(spectral.energy, sm), 2.0)
   sigmas = jnp.array([10.0, 1.0, 0.1])
   run = lambda w, t=tgt: jax.eval_shape(      # the warnings come at tracing: nothing runs
-      lambda k: smc_lib.smc_sample(k, t, sigmas, 4, (16, 20), sigma_data=0.5, weights=w),
+      lambda k: smc_lib.smc_sample(k, t, sigmas, 4, (16, 20), sigma_data=0.5, scheme=w),
       jax.random.PRNGKey(0))
   with pytest.warns(smc_lib.SMCSettingWarning, match="noise='unit'"):
     run(ScoreOnly())
@@ -165,7 +165,7 @@ def test_diagnostics_name_degenerate_and_invalid_weights():
   prob = highdim.problem("tempered2", (32, 32))
   sigmas = jnp.asarray(highdim.karras_sigmas(9, highdim.SIGMA_MIN, highdim.SIGMA_MAX))
   run = lambda w: smc_lib.smc_sample(jax.random.PRNGKey(0), prob.target, sigmas, 16,
-                                     prob.event_shape, sigma_data=0.5, weights=w)
+                                     prob.event_shape, sigma_data=0.5, scheme=w)
   messages = smc_lib.diagnostics(run(highdim.SCHEMES["exact_ratio"]))
   assert any("degenerate" in m for m in messages), messages
   assert smc_lib.diagnostics(run(smc_lib.weights_lib.DEFAULT)) == []

@@ -361,7 +361,7 @@ def test_product_and_guidance_identities_on_energies_and_smc_weights(conditional
     out = {}
     for name, (u, v) in pairs.items():
       values = [jax.vmap(f(params), in_axes=(0, None))(x, 0.7) for f in (u, v)]
-      runs = [smc_sample(key, f(params), sigmas, 4, (8, 8, 1), sigma_data=0.5, weights=ScoreOnly())
+      runs = [smc_sample(key, f(params), sigmas, 4, (8, 8, 1), sigma_data=0.5, scheme=ScoreOnly())
               for f in (u, v)]
       out[name] = (values, [(r.particles, r.log_weights, r.info.ess) for r in runs])
     return out

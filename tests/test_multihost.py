@@ -91,7 +91,7 @@ def smc_problem():
   e1 = lambda x, s: 0.5 * jnp.sum((x - 1.0)**2) / (1 + s**2)
   e2 = lambda x, s: 0.5 * jnp.sum((x + 1.0)**2) / (0.5 + s**2)
   potential = targets.product([targets.tempered(e1, 2.0), e2])
-  kw = dict(sigma_data=1.0, weights=ExactRatio(), rejuvenation=rejuvenation("mala"))
+  kw = dict(sigma_data=1.0, scheme=ExactRatio(), rejuvenation=rejuvenation("mala"))
   return jax.random.key(3), potential, karras_sigmas(16, 0.002, 10.0), 128, kw
 
 

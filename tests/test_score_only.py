@@ -306,7 +306,7 @@ def test_hard_box_and_reward_tilt_telescoping_terms():
   key = jax.random.split(jax.random.key(600 + K_SMALL), 64)[0]
   res = jax.jit(lambda k: smc_sample(k, case["target"],
                                      karras_sigmas(K_SMALL + 1, SIGMA_MIN, SIGMA_MAX), 1000, (1,),
-                                     sigma_data=1.0, weights=ScoreOnly()))(key)
+                                     sigma_data=1.0, scheme=ScoreOnly()))(key)
   np.testing.assert_allclose(res.particles, raw[K_SMALL][0][0], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(np.isfinite(res.log_weights), np.isfinite(raw[K_SMALL][1][0]))
   alive = np.isfinite(np.asarray(res.log_weights))
@@ -338,7 +338,7 @@ def test_driver_is_its_parts_bitwise(rule):
   for num_levels in (K_SMALL, 1):
     sigmas = karras_sigmas(num_levels + 1, SIGMA_MIN, SIGMA_MAX)
     got = jax.jit(lambda k: smc_sample(k, target, sigmas, 256, (1,), sigma_data=1.0,
-                                       weights=weights))(jax.random.key(3))
+                                       scheme=weights))(jax.random.key(3))
     want = jax.jit(parts)(jax.random.key(3), sigmas)
     jax.tree.map(np.testing.assert_array_equal, got, want)
     assert got.info.ess.shape == (num_levels,)

@@ -31,11 +31,11 @@ def gauss_energy(mu, s2):
 
 
 def run_many(potential, num_runs, num, num_levels, event_shape=(1,), seed=0, sigma_data=1.0,
-             sigma_max=SIGMA_MAX, weights=ExactRatio(), **kwargs):
+             sigma_max=SIGMA_MAX, scheme=ExactRatio(), **kwargs):
   """R independent runs (exact-ratio weights unless told: this file tests that scheme)."""
   sigmas = karras_sigmas(num_levels, SIGMA_MIN, sigma_max)
   fn = jax.jit(jax.vmap(lambda k: smc_sample(k, potential, sigmas, num, event_shape,
-                                             sigma_data=sigma_data, weights=weights,
+                                             sigma_data=sigma_data, scheme=scheme,
                                              **kwargs)))
   return fn(jax.random.split(jax.random.key(seed), num_runs))
 
@@ -125,12 +125,12 @@ def test_a_weight_scheme_from_outside_the_library_samples_its_target():
   variance and an unbiased log Ẑ (the sampler calls only the protocol's methods)."""
   beta = 2.0
   potential = targets.tempered(gauss_energy(0.0, 1.0), beta)
-  res = run_many(potential, num_runs=32, num=500, num_levels=100, weights=HalfDriftRatio(),
+  res = run_many(potential, num_runs=32, num=500, num_levels=100, scheme=HalfDriftRatio(),
                  rejuvenation=mcmc.rejuvenation("mala"))
   assert_mc_close(per_run_mean(res, VAR), (1 + SIGMA_MIN**2) / beta, 3)
   with pytest.raises(ValueError, match="lacks .*propose"):
     smc_sample(jax.random.key(0), potential, karras_sigmas(4, SIGMA_MIN, SIGMA_MAX), 8, (1,),
-               sigma_data=1.0, weights=ExactRatio()._asdict())
+               sigma_data=1.0, scheme=ExactRatio()._asdict())
 
 
 # ---------------------------------------------------------------- product N(−1,1)·N(1,1)
@@ -174,7 +174,7 @@ def test_particle_chunks_give_the_unchunked_result():
   a = gmm.make_mixture([0.6, 0.4], [[-1.0, 0.0], [1.0, 0.0]], [0.5, 0.5])
   energy = functools.partial(gmm.energy, a)
   kwargs = dict(sigma_data=1.0, denoise_fn=functools.partial(gmm.denoiser, a),
-                weights=ExactRatio(drift=functools.partial(gmm.score, a)))
+                scheme=ExactRatio(drift=functools.partial(gmm.score, a)))
   sigmas = karras_sigmas(12, SIGMA_MIN, 10.0)
   run = jax.jit(lambda key, chunk: smc_sample(key, targets.tempered(energy, 2.0), sigmas, 50, (2,),
                                               particle_chunk_size=chunk, **kwargs),
@@ -249,7 +249,7 @@ def test_hard_box_samples_inside_and_truncated_mean():
   assert_mc_close(per_run_mean(res, lambda x: x[..., 0]), np.sum(g * dens) / dens.sum(), 3)
   # final_resample: every returned particle inside.
   one = smc_sample(jax.random.key(0), potential, sigmas, 500, (1,), sigma_data=1.0,
-                   final_resample=True, weights=ExactRatio())
+                   final_resample=True, scheme=ExactRatio())
   assert np.all((np.asarray(one.particles) >= lo) & (np.asarray(one.particles) <= hi))
 
 
@@ -289,7 +289,7 @@ def test_tempered_mixture_in_64_dimensions_matched_scale():
   assert np.all(np.abs(var - (v0 + SIGMA_MIN**2) / beta) < 0.03 * v0 / beta), var
   assert np.min(np.asarray(res.info.ess)[:, 0]) > 0.9 * 1024
   unmatched = run_many(potential, num_runs=1, num=1024, num_levels=64, event_shape=(d,),
-                       seed=11, sigma_data=0.5, sigma_max=80.0, weights=ExactRatio(scale=1.0))
+                       seed=11, sigma_data=0.5, sigma_max=80.0, scheme=ExactRatio(scale=1.0))
   assert float(np.asarray(unmatched.info.ess)[0, 0]) < 0.01 * 1024
 
 
@@ -302,7 +302,7 @@ def test_rejuvenation_keeps_correctness(kernel):
   # which is what exercises the rejuvenation here.
   res = run_many(potential, num_runs=8, num=1000, num_levels=32, seed=6,
                  rejuvenation=mcmc.rejuvenation(kernel, 2, lambda s: 0.1 * (s**2 + 0.5)),
-                 weights=ExactRatio(scale=1.0))
+                 scheme=ExactRatio(scale=1.0))
   assert_mc_close(per_run_mean(res, VAR), (1 + SIGMA_MIN**2) / beta, 3)
   resampled = np.asarray(res.info.resampled)
   acc = np.asarray(res.info.acceptance_rate)
@@ -377,6 +377,42 @@ def test_target_formulas():
   assert np.isinf(hard(x, s)) and np.isfinite(hard(x, jnp.float32(2.0)))
 
 
+def test_targets_carry_sigma_data_and_smc_starts_from_it():
+  """σ_d travels with the energies: a product's σ_d² is the weighted mean of its factors'
+  (the product of their Gaussians at a large σ_0, to first order), tempering and terms keep it,
+  an energy without one makes it unknown; smc_sample without ``sigma_data`` starts from the
+  target's own ``N(0, (σ_0² + σ_d²)/s)`` (the same draws as passing it), and with neither says
+  how to give one."""
+  e = gauss_energy(0.0, 1.0)
+  a, b = targets.as_target(e, sigma_data=1.0), targets.as_target(e, sigma_data=2.0)
+  assert float(a.sigma_data) == 1.0
+  np.testing.assert_allclose(targets.product([a, b]).sigma_data, np.sqrt(2.5), rtol=1e-6)
+  np.testing.assert_allclose(targets.product([a, b], [3.0, 1.0]).sigma_data, np.sqrt(7 / 4),
+                             rtol=1e-6)
+  np.testing.assert_allclose(targets.tempered(b, 3.0).sigma_data, 2.0, rtol=1e-6)
+  np.testing.assert_allclose(targets.conditional_and(a, [b], [2.0]).sigma_data,
+                             np.sqrt((-1 + 2 * 4) / 1.0), rtol=1e-6)
+  np.testing.assert_allclose(targets.bounded_soft(b, -1.0, 1.0).sigma_data, 2.0, rtol=1e-6)
+  labelled = targets.label_sum(lambda x, sigma, c: e(x, sigma), jnp.arange(3), sigma_data=0.5)
+  np.testing.assert_allclose(labelled.sigma_data, 0.5, rtol=1e-6)
+  assert targets.product([a, e]).sigma_data is None and targets.as_target(e).sigma_data is None
+  with pytest.raises(ValueError, match="sigma_data must be"):
+    targets.as_target(e, sigma_data=0.0)
+  # The start: 20,000 particles of smc.init at σ_0 = 10 on the product (s = 2).
+  from fkdiff.sampling import smc
+  sampler = smc.build(targets.product([a, b]), scheme=ExactRatio())
+  state = smc.init(sampler, jax.random.key(0), jnp.float32(10.0), 20000, (1,))
+  np.testing.assert_allclose(np.std(np.asarray(state.particles)), np.sqrt((100 + 2.5) / 2),
+                             rtol=0.02)
+  sigmas = karras_sigmas(8, SIGMA_MIN, SIGMA_MAX)
+  own = smc_sample(jax.random.key(1), targets.product([a, b]), sigmas, 64, (1,))
+  passed = smc_sample(jax.random.key(1), targets.product([a, b]), sigmas, 64, (1,),
+                      sigma_data=float(np.sqrt(2.5)))
+  np.testing.assert_allclose(own.particles, passed.particles, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="needs the data std"):
+    smc_sample(jax.random.key(1), e, sigmas, 64, (1,))
+
+
 def test_label_sum_is_the_product_of_conditionals_in_one_call():
   mus, s2s = jnp.array([-1.0, 1.0, 0.5]), jnp.array([1.0, 0.5, 2.0])
   calls = []
@@ -435,9 +471,9 @@ def test_bad_inputs_raise():
     smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, resampling=Resampling(
         ess_threshold=1.5))
   with pytest.raises(ValueError, match="ExactRatio"):
-    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, weights="exact")
+    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, scheme="exact")
   with pytest.raises(ValueError, match="scale"):
-    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, weights=ExactRatio(scale=0.0))
+    smc_sample(key, energy, sigmas, 10, (1,), sigma_data=1.0, scheme=ExactRatio(scale=0.0))
   with pytest.raises(ValueError, match="num_steps"):
     mcmc.rejuvenation("mala", num_steps=0)
 
@@ -448,7 +484,7 @@ def test_driver_vmaps_over_conditions(scheme):
   energy = gauss_energy(0.0, 1.0)
   sigmas = karras_sigmas(16, SIGMA_MIN, SIGMA_MAX)
   run = lambda beta: smc_sample(jax.random.key(3), targets.tempered(energy, beta), sigmas, 64,
-                                (1,), sigma_data=1.0, weights=scheme)
+                                (1,), sigma_data=1.0, scheme=scheme)
   betas = jnp.array([1.0, 2.0, 4.0])
   batched = jax.jit(jax.vmap(run))(betas)
   for i, beta in enumerate([1.0, 2.0, 4.0]):
@@ -461,7 +497,7 @@ def test_all_weights_minus_inf_is_flagged_not_nan():
   empty_box = targets.bounded_hard(gauss_energy(0.0, 1.0), 1.0, -1.0, jnp.inf)  # lower > upper
   sigmas = karras_sigmas(16, SIGMA_MIN, SIGMA_MAX)
   res = jax.jit(lambda k: smc_sample(k, empty_box, sigmas, 64, (1,), sigma_data=1.0,
-                                     weights=ExactRatio()))(
+                                     scheme=ExactRatio()))(
       jax.random.key(0))
   assert bool(res.weights_invalid) and np.all(np.asarray(res.info.weights_invalid))
   assert np.isneginf(float(res.log_Z))

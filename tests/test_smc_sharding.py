@@ -28,10 +28,10 @@ SCRIPT = textwrap.dedent("""
     mesh = Mesh(np.asarray(jax.devices()), ("particles",))
     out = {}
     for name, weights in SCHEMES.items():
-      res = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), mesh=mesh, weights=weights,
+      res = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), mesh=mesh, scheme=weights,
                                          **kw))(key)
       assert len(res.particles.sharding.device_set) == 2, res.particles.sharding
-      one = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), weights=weights, **kw))(key)
+      one = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), scheme=weights, **kw))(key)
       out.update({f"{name}/particles": res.particles, f"{name}/log_w": res.log_weights,
                   f"{name}/log_Z": res.log_Z, f"{name}/resampled": res.info.resampled,
                   f"{name}/one_particles": one.particles})
@@ -77,7 +77,7 @@ def test_two_devices_match_one_device(tmp_path):
   assert jax.device_count() == 1
   key, potential, sigmas, n, kw = problem()
   for name, weights in SCHEMES.items():
-    one = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), weights=weights, **kw))(key)
+    one = jax.jit(lambda k: smc_sample(k, potential, sigmas, n, (2,), scheme=weights, **kw))(key)
     got = {k.split("/", 1)[1]: v for k, v in two.items() if k.startswith(name + "/")}
     assert got["resampled"].any(), name                 # global resampling was exercised
     # log Ẑ: a number under exact-ratio weights, NaN under score-only ones.

@@ -10,7 +10,7 @@ from fkdiff.data import gmm as gmm_lib
 Array = jax.Array
 
 
-def score_from_denoiser(denoise_fn: Callable) -> Callable:
+def score_fn_from_denoiser(denoise_fn: Callable) -> Callable:
   """``score_fn(x, σ) = (D(x,σ) − x)/σ²`` from a per-example denoiser ``denoise_fn(x, σ)``."""
   return lambda x, sigma: (denoise_fn(x, sigma) - x) / sigma**2
 

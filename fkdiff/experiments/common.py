@@ -1,14 +1,33 @@
-"""Pieces shared by the end-to-end jobs: reusable training stages and result outputs."""
+"""The skeleton every SMC job is built on: its training stages, its energies, its sampler section
+and the SMC it maps to, and its outputs.
+
+A job (``toy2d``, ``digits``, …) holds only what is particular to it — its data, targets, metrics
+and tables — and takes the rest from here:
+
+- stages: :func:`train_models` (a teacher per model and the distillations of every energy source,
+  reused when finished; :data:`ENERGY_FOLDERS`), :func:`run_stage`;
+- energies: :class:`LoadedEnergy` (a trained run's or a closed-form one, with its σ_d and null
+  label), :func:`load_energies`;
+- sampling: :func:`sampler_config` (the sampler keys every job shares, one meaning each),
+  :func:`validate_sampler`, :func:`levels`, and :func:`smc_parts`, the one mapping from a method
+  name of :data:`SMC_METHODS` and that section to ``smc_sample``'s weights, resampling and
+  rejuvenation, with :func:`nfe_per_particle` (its energy evaluations);
+- outputs: :func:`start_job`, :func:`write_results`, :func:`metrics_table`, :func:`check_known_keys`.
+"""
 
 import json
 import os
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from fkdiff.training import checkpoint
+from fkdiff.diffusion import edm
+from fkdiff.sampling import mcmc, smc, targets
+from fkdiff.sampling import weights as weights_lib
+from fkdiff.training import checkpoint, runs
 
 
 def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -148,3 +167,145 @@ def metrics_table(labels: Sequence[Tuple[str, int]], cols: Sequence[str],
     lines.append(text + " " + " ".join(f"{m[c]:{width}.4f}" if c in m else f"{'-':>{width}s}"
                                        for c in cols))
   return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Energies.
+
+
+class LoadedEnergy(NamedTuple):
+  """One energy of a job: ``fn(params, x, σ[, label]) -> scalar`` for one example, with its
+  parameters, the data std σ_d it was trained with (its EDM preconditioning's) and its null label
+  ∅ (``None``: unconditional). A closed-form energy has its own parameters (e.g. a mixture)."""
+  fn: Callable
+  params: Any
+  sigma_data: float
+  null: Optional[int] = None
+
+  def target(self, params: Any = None, label=None) -> targets.Target:
+    """``E(·, · | label)`` on ``params`` (default :attr:`params`; a jitted sampler passes its
+    argument) as a one-energy :class:`~fkdiff.sampling.targets.Target` that carries σ_d, so that
+    products, tempering and ``smc_sample`` know it."""
+    p = self.params if params is None else params
+    if label is None:
+      return targets.as_target(lambda x, sigma: self.fn(p, x, sigma), self.sigma_data)
+    return targets.as_target(lambda x, sigma: self.fn(p, x, sigma, label), self.sigma_data)
+
+
+def load_energies(energy_dirs: Dict[str, str]) -> Dict[str, LoadedEnergy]:
+  """``{name: LoadedEnergy}`` of the distilled energies in ``energy_dirs`` (``{name:
+  workdir}``), each from :func:`fkdiff.training.runs.load_energy` (EMA parameters), with the null
+  label of a class-conditional run (its number of classes)."""
+  out = {}
+  for name, e_dir in energy_dirs.items():
+    fn, params, sigma_data = runs.load_energy(e_dir)
+    classes = int(runs.read_run_config(e_dir).model.get("num_classes", 0))
+    out[name] = LoadedEnergy(fn, params, float(sigma_data), classes or None)
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler section and the SMC it maps to.
+
+# The SMC methods of every job: score-only weights with the section's rule and noise, exact-ratio
+# weights, and smc_sample's default scheme (weights.DEFAULT, docs/METHOD.md §4c).
+SMC_METHODS = ("smc_score", "smc_ratio", "smc_default")
+REJUVENATION = ("", "mala", "hmc")
+
+
+def sampler_config(**overrides) -> ml_collections.ConfigDict:
+  """The sampler keys every job shares (a job adds its own, e.g. how many particles):
+
+  - ``num_steps``, ``sigma_min``, ``sigma_max``, ``rho``: the Karras levels σ_0 > … > σ_K;
+  - ``ess_threshold``: resample when ESS < this · N (1: every level);
+    ``resample_sigma_range``: ``()`` or ``(σ_lo, σ_hi)``, resample only there;
+  - ``rejuvenation``: ``''``, ``'mala'`` or ``'hmc'`` after each resampling;
+    ``rejuvenation_steps`` of them; ``rejuvenation_step_size`` ``h``: MALA's step ``h σ²``,
+    HMC's leapfrog ``ε = sqrt(2h) σ`` (one leapfrog of it ≈ one MALA step), ``num_leapfrog``;
+  - ``score_rule`` (``'trapezoid'`` | ``'left'``) and ``score_noise`` (``'unit'`` |
+    ``'matched'``): ``smc_score``'s :class:`~fkdiff.sampling.ScoreOnly` (``smc_default`` is
+    ``smc_sample``'s default, whatever these say).
+  """
+  c = ml_collections.ConfigDict()
+  c.num_steps = 100
+  c.sigma_min = 0.002
+  c.sigma_max = 80.0
+  c.rho = 7.0
+  c.ess_threshold = 0.5
+  c.resample_sigma_range = ()
+  c.rejuvenation = ""
+  c.rejuvenation_steps = 1
+  c.rejuvenation_step_size = 0.05
+  c.num_leapfrog = 5
+  c.score_rule = "trapezoid"
+  c.score_noise = "unit"
+  c.update(overrides)
+  return c
+
+
+def validate_sampler(s: ml_collections.ConfigDict) -> None:
+  """A ``ValueError`` naming the first invalid shared sampler key."""
+  for key, valid in (("rejuvenation", REJUVENATION), ("score_rule", ("left", "trapezoid")),
+                     ("score_noise", ("unit", "matched"))):
+    if s[key] not in valid:
+      raise ValueError(f"Unknown sampler.{key} {s[key]!r}; choose from {valid}.")
+  if not (isinstance(s.num_steps, int) and s.num_steps >= 2):
+    raise ValueError(f"sampler.num_steps must be an int >= 2, got {s.num_steps!r}.")
+  if not 0 < s.sigma_min < s.sigma_max:
+    raise ValueError(f"sampler.sigma_min must be in (0, sigma_max), got {s.sigma_min} and "
+                     f"{s.sigma_max}.")
+  if not 0 <= s.ess_threshold <= 1:
+    raise ValueError(f"sampler.ess_threshold must be in [0, 1], got {s.ess_threshold}.")
+  window = tuple(s.resample_sigma_range)
+  if window and (len(window) != 2 or not 0 <= window[0] < window[1]):
+    raise ValueError("sampler.resample_sigma_range must be () or (σ_lo, σ_hi) with "
+                     f"0 <= σ_lo < σ_hi, got {window}.")
+  for key in ("rejuvenation_steps", "num_leapfrog"):
+    if not (isinstance(s[key], int) and s[key] >= 1):
+      raise ValueError(f"sampler.{key} must be an int >= 1, got {s[key]!r}.")
+
+
+def levels(s: ml_collections.ConfigDict) -> jax.Array:
+  """The section's Karras levels, ``(num_steps,)`` decreasing."""
+  return edm.karras_sigmas(s.num_steps, s.sigma_min, s.sigma_max, s.rho)
+
+
+def scheme(method: str, s: ml_collections.ConfigDict):
+  """The weight scheme of an SMC method of :data:`SMC_METHODS`."""
+  if method == "smc_score":
+    return weights_lib.ScoreOnly(rule=s.score_rule, noise=s.score_noise)
+  if method == "smc_ratio":
+    return weights_lib.ExactRatio()
+  if method == "smc_default":
+    return weights_lib.DEFAULT
+  raise ValueError(f"Unknown SMC method {method!r}; choose from {SMC_METHODS}.")
+
+
+def smc_parts(method: str, s: ml_collections.ConfigDict) -> dict:
+  """The ``smc_sample`` options of an SMC method under the sampler section ``s``:
+  ``scheme``, ``resampling`` and ``rejuvenation``."""
+  window = tuple(float(v) for v in s.resample_sigma_range) or None
+  rejuvenation = None
+  if s.rejuvenation:
+    h = s.rejuvenation_step_size
+    step = ((lambda sigma: h * sigma**2) if s.rejuvenation == "mala"
+            else (lambda sigma: jnp.sqrt(2 * h) * sigma))
+    rejuvenation = mcmc.rejuvenation(s.rejuvenation, s.rejuvenation_steps, step,
+                                     num_leapfrog=s.num_leapfrog)
+  return {"scheme": scheme(method, s), "rejuvenation": rejuvenation,
+          "resampling": smc.Resampling("systematic", s.ess_threshold, window)}
+
+
+def nfe_per_particle(method: str, s: ml_collections.ConfigDict, size: int, num_levels,
+                     num_resampled=0):
+  """Energy evaluations of one particle of an SMC run (value and gradient one, a Hessian-vector
+  product two; per energy label): its scheme's per level (:meth:`evaluations_per_level` on
+  ``size`` numbers per example) times ``num_levels``, plus, per resampling event, the
+  rejuvenation's steps (HMC: ``num_leapfrog`` each) and the scheme's re-evaluation of the moved
+  particles (none where the MCMC's own values suffice: exact-ratio weights)."""
+  per_level = scheme(method, s).evaluations_per_level(size)
+  per_event = 0
+  if s.rejuvenation:
+    per_step = s.num_leapfrog if s.rejuvenation == "hmc" else 1
+    per_event = s.rejuvenation_steps * per_step + (per_level if method != "smc_ratio" else 0)
+  return per_level * num_levels + per_event * num_resampled

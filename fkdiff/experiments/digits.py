@@ -12,13 +12,14 @@ Stages (each reused when finished; an interrupted one resumes from its checkpoin
      same energy:
      - ``low_temperature``: ``∝ p(x | c)^β`` for every class c and β in ``betas``, by
        Feynman–Kac SMC on ``β E(x, σ | c)`` with score-only weights (``smc_score``,
-       :class:`~fkdiff.sampling.ScoreOnly`) or exact-ratio weights (``smc_ratio``,
-       :class:`~fkdiff.sampling.ExactRatio`), ``naive`` (reverse diffusion on the β-scaled score)
+       :class:`~fkdiff.sampling.ScoreOnly`), exact-ratio weights (``smc_ratio``,
+       :class:`~fkdiff.sampling.ExactRatio`) or ``smc_sample``'s default (``smc_default``),
+       ``naive`` (reverse diffusion on the β-scaled score)
        and ``cfg`` (classifier-free guidance with weight β, ``∝ p(x) (p(x|c)/p(x))^β``, the usual
        way to buy adherence);
      - ``and``: digit c AND heavy stroke, ``∝ p(x|c) p(x|heavy) / p(x)``
-       (``U = E_class(x|c) + E_stroke(x|heavy) − E_stroke(x|∅)``), by ``smc_score``,
-       ``smc_ratio`` and ``naive`` (the CFG-style score sum).
+       (``U = E_class(x|c) + E_stroke(x|heavy) − E_stroke(x|∅)``), by the three SMC
+       methods and ``naive`` (the CFG-style score sum).
 
 How SMC makes its samples (``sampler.smc_mode``, METHOD.md §4b "High dimension"): ``'runs'``
 (default, as the image peers FKC and FK-steering do) runs ``num_samples`` independent SMC runs of
@@ -32,7 +33,8 @@ Metrics: ``adherence`` (classifier accuracy on the requested class), ``heavy`` a
 ``diversity`` (mean pairwise distance of classifier features within a condition), ``unique``
 (fraction of distinct samples), ``frechet`` (Fréchet distance in classifier-feature space to the
 real train images of the same conditions) and ``nfe_per_sample`` (network evaluations per sample:
-levels × particles × labels, plus the rejuvenation steps; a conditional network evaluated on L
+levels × particles × labels × the scheme's evaluations per level (value and gradient one, a
+Hessian-vector product two: ``common.nfe_per_particle``), plus the rejuvenation steps; a conditional network evaluated on L
 labels counts L; reverse diffusion: (levels − 1) × labels). SMC's within-set diagnostics, means over runs and conditions: ``ess_min_fraction``
 (minimum ESS / N over the levels and the final set), ``set_unique`` (distinct fraction of a
 systematic resampling of a run's final set), ``resamplings`` (resampling events per run),
@@ -50,25 +52,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fkdiff.training import runs
 from fkdiff.data import images
-from fkdiff.diffusion import edm
 from fkdiff.evaluation import classifier as classifier_lib
 from fkdiff.evaluation import frechet, plots
 from fkdiff.experiments import common
-from fkdiff.sampling import mcmc, resampling, reverse, smc, targets
+from fkdiff.sampling import resampling, reverse, smc, targets
 from fkdiff.sampling.baselines import naive_reverse_sample
-from fkdiff.sampling.weights import ExactRatio, ScoreOnly
 from fkdiff.training import checkpoint
 from fkdiff.training.config import default_config, validate_config
 
 TASKS = ("low_temperature", "and")
-SMC_METHODS = ("smc_score", "smc_ratio")    # score-only / exact-ratio weights
+SMC_METHODS = common.SMC_METHODS   # score-only / exact-ratio weights / smc_sample's default
 SOURCES = ("learned", "consistent")         # plain / time-consistent distilled energies
 LOW_TEMPERATURE_METHODS = SMC_METHODS + ("naive", "cfg")
 AND_METHODS = SMC_METHODS + ("naive",)
 SMC_MODES = ("runs", "set")
-REJUVENATION = ("", "mala", "hmc")
 MODELS = {"class": ("class", 10), "stroke": ("heavy_stroke", 2)}   # name -> (data.label, classes)
 HEAVY = 1
 
@@ -99,22 +97,13 @@ def job_config() -> ml_collections.ConfigDict:
   c.conjunction = ml_collections.ConfigDict()
   c.conjunction.classes = tuple(range(10))
   c.conjunction.methods = AND_METHODS
-  c.sampler = ml_collections.ConfigDict()
+  # The shared sampler keys (common.sampler_config) on this job's levels, and its own: how SMC
+  # makes its samples.
+  c.sampler = common.sampler_config(num_steps=64)
   c.sampler.num_samples = 64      # samples per condition, every method.
-  c.sampler.num_steps = 64        # levels σ_0 > … > σ_K (Karras).
-  c.sampler.sigma_min = 0.002
-  c.sampler.sigma_max = 80.0
-  c.sampler.rho = 7.0
   c.sampler.smc_mode = "runs"     # 'runs': num_samples independent SMC runs, one draw from each;
                                   # 'set': one run of num_samples particles, final set resampled.
   c.sampler.particles_per_run = 8   # N of each independent run ('runs' only).
-  c.sampler.ess_threshold = 0.5
-  c.sampler.resample_sigma_range = ()   # (σ_lo, σ_hi): resample only there; () every level.
-  c.sampler.rejuvenation = ""     # '', 'mala' or 'hmc' at σ_k after each resampling.
-  c.sampler.rejuvenation_steps = 1
-  c.sampler.rejuvenation_step_size = 0.05   # MALA h = this · σ²; HMC ε = sqrt(2h), 5 leapfrogs.
-  c.sampler.score_noise = "unit"  # smc_score's proposal noise: 'unit' or 'matched' (ScoreOnly).
-  c.sampler.score_rule = "left"   # smc_score's quadrature: 'left' or 'trapezoid' (ScoreOnly).
   c.classifier = ml_collections.ConfigDict()
   c.classifier.num_steps = 1500
   c.eval = ml_collections.ConfigDict()
@@ -144,18 +133,11 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
   if any(b <= 0 for b in config.low_temperature.betas):
     raise ValueError(f"low_temperature.betas must be > 0, got {config.low_temperature.betas}.")
   s = config.sampler
-  for key, value, valid in (("smc_mode", s.smc_mode, SMC_MODES),
-                            ("rejuvenation", s.rejuvenation, REJUVENATION),
-                            ("score_noise", s.score_noise, ("unit", "matched")),
-                            ("score_rule", s.score_rule, ("left", "trapezoid"))):
-    if value not in valid:
-      raise ValueError(f"Unknown sampler.{key} {value!r}; choose from {valid}.")
+  common.validate_sampler(s)
+  if s.smc_mode not in SMC_MODES:
+    raise ValueError(f"Unknown sampler.smc_mode {s.smc_mode!r}; choose from {SMC_MODES}.")
   if s.smc_mode == "runs" and s.particles_per_run < 2:
     raise ValueError(f"sampler.particles_per_run must be >= 2, got {s.particles_per_run}.")
-  window = tuple(s.resample_sigma_range)
-  if window and (len(window) != 2 or not 0 <= window[0] < window[1]):
-    raise ValueError("sampler.resample_sigma_range must be () or (σ_lo, σ_hi) with "
-                     f"0 <= σ_lo < σ_hi, got {window}.")
 
 
 def _merge_saved(config: ml_collections.ConfigDict, saved: dict) -> None:
@@ -172,7 +154,7 @@ def _merge_saved(config: ml_collections.ConfigDict, saved: dict) -> None:
       config[key] = tuple(value) if isinstance(value, list) else value
 
 
-def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+def read_job_config(workdir: str) -> ml_collections.ConfigDict:
   """A finished run's ``config.json`` on this version's keys: its values where the key still
   exists, the defaults of :func:`job_config` for new keys, and methods this version no longer
   has (a run saved before ``smc`` split into ``smc_score`` / ``smc_ratio``) replaced by the
@@ -211,25 +193,6 @@ def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, D
   return common.train_models(
       config, workdir, list(MODELS),
       lambda base, task, name, t_dir: stage_config(base, task, name, config.data_dir, t_dir))
-
-
-class ConditionalEnergy(NamedTuple):
-  """``fn(params, x, σ, label) -> scalar`` with its (EMA) parameters and null label ∅."""
-  fn: Callable
-  params: object
-  null: int
-
-
-def load_energies(energy_dirs: Dict[str, str]) -> Dict[str, ConditionalEnergy]:
-  """``{model: ConditionalEnergy}`` of the distilled energies in ``energy_dirs``
-  (``{model: workdir}``, model names of :data:`MODELS`), each from
-  :func:`fkdiff.training.runs.load_energy` (EMA parameters) with its null label ∅ (the model's
-  number of classes)."""
-  out = {}
-  for name, e_dir in energy_dirs.items():
-    fn, params, _ = runs.load_energy(e_dir)
-    out[name] = ConditionalEnergy(fn, params, MODELS[name][1])
-  return out
 
 
 def export_models(workdir: str, dest: str) -> None:
@@ -279,19 +242,19 @@ def get_classifier(config, workdir: str, train: dict, test: dict) -> classifier_
 # Stage 4: sampling.
 
 
-def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
+def potentials(energies: Dict[str, common.LoadedEnergy]) -> Dict[str, Callable]:
   """Per (task, method) target ``(params, cond) -> U``; ``cond = (class, β)``. Without a
   ``'stroke'`` model, only the ``low_temperature`` targets.
 
   ``params`` is ``{model: parameters}`` (a jit argument); ``cond`` holds traced scalars. Each
   ``U`` is a :class:`fkdiff.sampling.Target` (its ``weights`` have one entry per network label
-  evaluated) and records its scale (β when tempered), to which ``smc_sample`` sizes its start
-  (and, for exact-ratio weights, its kernels).
+  evaluated) and carries its scale (β when tempered) and σ_d, to which ``smc_sample`` sizes its
+  start (and, for exact-ratio weights, its kernels).
   """
   cls, stroke = energies["class"], energies.get("stroke")
 
   def e(model, params, label):
-    return lambda x, s: model.fn(params, x, s, label)
+    return model.target(params, label)
 
   def tempered(params, cond):
     return targets.tempered(e(cls, params["class"], cond[0]), cond[1])
@@ -316,40 +279,13 @@ def potentials(energies: Dict[str, ConditionalEnergy]) -> Dict[str, Callable]:
   return out
 
 
-def smc_parts(method: str, sampler_config) -> dict:
-  """The ``smc_sample`` options of an SMC method: ``weights``, ``resampling``, ``rejuvenation``."""
-  s = sampler_config
-  weights = (ScoreOnly(rule=s.score_rule, noise=s.score_noise) if method == "smc_score"
-             else ExactRatio())
-  window = tuple(float(v) for v in s.resample_sigma_range) or None
-  rejuvenation = None
-  if s.rejuvenation:
-    h = s.rejuvenation_step_size
-    step = ((lambda sigma: h * sigma**2) if s.rejuvenation == "mala"
-            else (lambda sigma: jnp.sqrt(2 * h) * sigma))   # one leapfrog of ε = sqrt(2h) ≈ MALA
-    rejuvenation = mcmc.rejuvenation(s.rejuvenation, s.rejuvenation_steps, step)
-  return {"weights": weights, "rejuvenation": rejuvenation,
-          "resampling": smc.Resampling("systematic", s.ess_threshold, window)}
-
-
-def rejuvenation_cost(method: str, sampler_config) -> int:
-  """Network evaluations (per label and particle) that one resampling event adds: the
-  rejuvenation's value-and-gradient steps (HMC: 5 leapfrogs each), plus score-only weights'
-  re-evaluation of the moved particles."""
-  s = sampler_config
-  if not s.rejuvenation:
-    return 0
-  per_step = 5 if s.rejuvenation == "hmc" else 1
-  return s.rejuvenation_steps * per_step + (method == "smc_score")
-
-
 def _distinct(idx: jax.Array) -> jax.Array:
   """Number of distinct entries of an int vector."""
   idx = jnp.sort(idx)
   return 1 + jnp.sum(idx[1:] != idx[:-1])
 
 
-def make_sampler(method: str, potential: Callable, config, event_shape, sigma_data: float):
+def make_sampler(method: str, potential: Callable, config, event_shape):
   """``sample(params, key, classes (C,), betas (C,)) -> (samples (C, M, *event), diagnostics)``,
   jitted, ``M = sampler.num_samples`` samples per condition (vmapped over conditions);
   ``potential`` from :func:`potentials`.
@@ -364,20 +300,21 @@ def make_sampler(method: str, potential: Callable, config, event_shape, sigma_da
   ``ess_path`` (mean ESS / N), ``resampled`` (fraction of runs resampling) and ``sigma`` (C, K).
   """
   s = config.sampler
-  sigmas = edm.karras_sigmas(s.num_steps, s.sigma_min, s.sigma_max, s.rho)
+  sigmas = common.levels(s)
   levels = int(sigmas.shape[0])
+  size = int(np.prod(event_shape))
   m = s.num_samples
   runs = s.smc_mode == "runs"
   n = s.particles_per_run if runs else m      # particles of one SMC run
 
   def smc_run(key, u):   # one SMC run: (its sample(s), diagnostics)
     k_smc, k_set, k_one = jax.random.split(key, 3)
-    res = smc.smc_sample(k_smc, u, sigmas, n, event_shape, sigma_data=sigma_data,
-                         **smc_parts(method, s))
+    res = smc.smc_sample(k_smc, u, sigmas, n, event_shape, **common.smc_parts(method, s))
     idx = resampling.systematic(k_set, res.log_weights, n)    # the final set, resampled
     x = res.particles[resampling.multinomial(k_one, res.log_weights, 1)[0] if runs else idx]
     num_resampled = jnp.sum(res.info.resampled)
-    evals = n * u.weights.shape[0] * (levels + num_resampled * rejuvenation_cost(method, s))
+    evals = n * u.weights.shape[0] * common.nfe_per_particle(method, s, size, levels,
+                                                             num_resampled)
     diag = {"ess_min_fraction": jnp.minimum(jnp.min(res.info.ess), res.ess) / n,
             "set_unique": _distinct(idx) / n, "resamplings": num_resampled.astype(jnp.float32),
             "weights_invalid": res.weights_invalid.astype(jnp.float32),
@@ -396,7 +333,7 @@ def make_sampler(method: str, potential: Callable, config, event_shape, sigma_da
     if method in SMC_METHODS:
       return smc_run(key, u)
     k_init, k_run = jax.random.split(key)
-    x_init = reverse.prior_sample(k_init, m, event_shape, s.sigma_max, sigma_data)
+    x_init = reverse.prior_sample(k_init, m, event_shape, s.sigma_max, u.sigma_data)
     nfe = jnp.float32(u.weights.shape[0] * (levels - 1))
     return naive_reverse_sample(k_run, u, x_init, sigmas), {"nfe_per_sample": nfe}
 
@@ -478,7 +415,7 @@ def evaluate(sampler: Callable, params, key, task: str, beta: float, classes,
   return samples, metrics, diag
 
 
-def run_tasks(config, workdir: str, sources: Dict[str, Dict[str, ConditionalEnergy]], judge,
+def run_tasks(config, workdir: str, sources: Dict[str, Dict[str, common.LoadedEnergy]], judge,
               train) -> dict:
   """Stage 4: every task × β × method × energy source (``sources``: ``{source: energies}``);
   returns the nested results dict (method keys ``<method>`` for ``learned``,
@@ -504,8 +441,7 @@ def run_tasks(config, workdir: str, sources: Dict[str, Dict[str, ConditionalEner
       if source != "learned" and method not in config.consistent.methods:
         continue
       if (task, method) not in samplers:
-        samplers[task, method] = make_sampler(method, pots[task, method], config, event_shape,
-                                              images.IMAGE_SIGMA_DATA)
+        samplers[task, method] = make_sampler(method, pots[task, method], config, event_shape)
       key, k_run = jax.random.split(key)
       samples, metrics, _ = evaluate(samplers[task, method], params, k_run, task, beta, classes,
                                      judge, reference)
@@ -536,7 +472,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole job; returns (and writes to ``workdir/results.json``) the results."""
   validate_job_config(config)
   workdir = common.start_job(config, workdir)
-  sources = {source: load_energies(dirs) for source, dirs in train_models(config, workdir).items()}
+  sources = {source: common.load_energies(dirs)
+             for source, dirs in train_models(config, workdir).items()}
   train, test = digits_arrays(config.data_dir, "train"), digits_arrays(config.data_dir, "test")
   judge = get_classifier(config, workdir, train, test)
   results = run_tasks(config, workdir, sources, judge, train)

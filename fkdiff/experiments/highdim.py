@@ -159,7 +159,7 @@ def _sampler(prob: Problem, method: str, levels: int, num: int, weighted: bool):
       x = baselines.naive_reverse_sample(k1, prob.target, x0, sigmas)
       return x, jnp.zeros((num,)), jnp.full((), float(num))
     r = smc_sample(key, prob.target, sigmas, num, shape, sigma_data=SIGMA_DATA,
-                   weights=SCHEMES[method], resampling=Resampling(),
+                   scheme=SCHEMES[method], resampling=Resampling(),
                    final_resample=not weighted)
     return r.particles, r.log_weights, jnp.min(r.info.ess)
   return jax.jit(jax.vmap(one))

@@ -27,28 +27,25 @@ Outputs: ``results.json``, a printed table, PNG plots (seed 0), TensorBoard scal
 import functools
 import os
 import time
-from typing import Callable, Dict, NamedTuple
+from typing import Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fkdiff.training import runs
 from fkdiff.data import gmm as gmm_lib
 from fkdiff.data import toy
-from fkdiff.diffusion import edm
 from fkdiff.evaluation import distances, grid as grid_lib, plots
 from fkdiff.experiments import common
 from fkdiff.sampling import mcmc, reverse, smc, targets
-from fkdiff.sampling import weights as weights_lib
 from fkdiff.sampling.baselines import naive_reverse_sample
 from fkdiff.training.config import default_config, validate_config
 
 TASKS = ("product", "low_temperature")
-# score-only (sampler.score_rule, unit noise) / exact-ratio weights / smc_sample's default
-# (weights.DEFAULT), then the unweighted baselines.
-SMC_METHODS = ("smc_score", "smc_ratio", "smc_default")
+# score-only (sampler.score_rule, sampler.score_noise) / exact-ratio weights / smc_sample's
+# default (weights.DEFAULT), then the unweighted baselines.
+SMC_METHODS = common.SMC_METHODS
 METHODS = SMC_METHODS + ("naive", "mala", "hmc")
 SOURCES = ("learned", "consistent", "exact")
 DISTILLED = tuple(common.ENERGY_FOLDERS)          # sources trained by the job (stages 2 / 2b)
@@ -74,24 +71,17 @@ def job_config() -> ml_collections.ConfigDict:
   c.consistent.time_target = "teacher"
   c.consistent.num_steps = 6000
   c.consistent.methods = ("smc_score", "smc_ratio")   # run on it (the others ignore levels).
-  c.sampler = ml_collections.ConfigDict()
+  # The shared sampler keys (common.sampler_config) on this job's levels, and its own: the SMC
+  # particle count and the annealed MCMC baselines' settings. smc_score's quadrature, measured on
+  # this job (8 seeds, 100 levels, learned energies): mode-mass TV 0.037 / 0.027 (product / low
+  # temperature) with the trapezoid (the shared default), 0.041 / 0.034 with the left rule
+  # (benchmarks/RESULTS.md).
+  c.sampler = common.sampler_config(num_steps=100, sigma_max=10.0, sigma_min=0.01)
   c.sampler.num_particles = 2048
-  c.sampler.num_steps = 100
-  c.sampler.sigma_max = 10.0
-  c.sampler.sigma_min = 0.01
-  c.sampler.rho = 7.0
-  c.sampler.ess_threshold = 0.5
-  c.sampler.rejuvenation = ""                   # '', 'mala' or 'hmc' (after resampling).
-  c.sampler.rejuvenation_steps = 1
-  c.sampler.mcmc_steps_per_level = 3
-  c.sampler.mcmc_step_scale = 0.05              # MCMC step size = scale · σ_k² (+ floor below).
-  c.sampler.num_leapfrog = 5                    # HMC (annealed baseline and rejuvenation).
-  c.sampler.mala_target_acceptance = 0.0        # > 0: annealed MALA tunes its step per level.
-  c.sampler.hmc_target_acceptance = 0.0         # > 0: annealed HMC tunes its step per level.
-  # smc_score's quadrature, 'trapezoid' | 'left' (the library default). Measured on this job
-  # (8 seeds, 100 levels, learned energies): mode-mass TV 0.037 / 0.027 (product / low
-  # temperature) with the trapezoid, 0.041 / 0.034 with the left rule (benchmarks/RESULTS.md).
-  c.sampler.score_rule = "trapezoid"
+  c.sampler.annealed_steps_per_level = 3        # mala / hmc baselines: MCMC steps per level,
+  c.sampler.annealed_step_scale = 0.05          # their step = scale · σ_k² + 1e-4 ...
+  c.sampler.mala_target_acceptance = 0.0        # ... or, > 0, tuned per level to this rate.
+  c.sampler.hmc_target_acceptance = 0.0
   c.eval = ml_collections.ConfigDict()
   c.eval.num_seeds = 1                          # independent runs of every method (mean ± std).
   c.eval.grid_size = 400
@@ -106,6 +96,7 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
   validate_config(config.teacher)
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
+  common.validate_sampler(config.sampler)
   for kind, names, valid in (("task", config.tasks, TASKS),
                              ("method", config.methods, METHODS),
                              ("consistent method", config.consistent.methods, METHODS),
@@ -151,24 +142,11 @@ def train_models(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, D
       lambda base, task, name, t_dir: _stage_config(base, task, config.datasets[name], t_dir))
 
 
-class Energies(NamedTuple):
-  """Per-example energies ``fn(params, x, σ)`` of named models, with their parameters."""
-  fns: Dict[str, Callable]
-  params: Dict[str, object]
-
-
-def load_learned(energy_dirs: Dict[str, str]) -> Energies:
-  """The distilled energies of the stage workdirs ``{name: workdir}``, each from
-  :func:`fkdiff.training.runs.load_energy` (EMA parameters)."""
-  loaded = {name: runs.load_energy(e_dir) for name, e_dir in energy_dirs.items()}
-  return Energies({name: fn for name, (fn, _, _) in loaded.items()},
-                  {name: params for name, (_, params, _) in loaded.items()})
-
-
-def exact_energies(mixtures: Dict[str, gmm_lib.GaussianMixture]) -> Energies:
-  """Closed-form diffused energies ``−log p_σ`` (normalised) of the mixtures."""
-  fns = {n: (lambda p, x, s: gmm_lib.energy(p, x, s)) for n in mixtures}
-  return Energies(fns, dict(mixtures))
+def exact_energies(mixtures: Dict[str, gmm_lib.GaussianMixture]) -> Dict[str, common.LoadedEnergy]:
+  """Closed-form diffused energies ``−log p_σ`` (normalised) of the mixtures, with their data
+  stds."""
+  fn = lambda p, x, s: gmm_lib.energy(p, x, s)
+  return {n: common.LoadedEnergy(fn, m, float(gmm_lib.data_std(m))) for n, m in mixtures.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,53 +194,48 @@ def tempered_truth(m, beta, sigma, grid_size) -> Truth:
   return _truth(lambda x: beta * gmm_lib.log_prob(diffused, x), m, _lim(m), None, grid_size)
 
 
-def task_potential(task: str, config, energies: Energies):
-  """``(potential(params) -> U(x, σ), params, model names)`` of a task on the given energies;
-  ``U`` is a :mod:`fkdiff.sampling.targets` potential (it records its scale for SMC)."""
+def task_potential(task: str, config, energies: Dict[str, common.LoadedEnergy]):
+  """``(potential(params) -> U(x, σ), params)`` of a task on the given energies; ``U`` is a
+  :mod:`fkdiff.sampling.targets` target (it carries its scale and σ_d for SMC)."""
   if task == "product":
     names = list(config.product.models)
     def potential(params):
-      return targets.product([functools.partial(energies.fns[n], params[n]) for n in names])
+      return targets.product([energies[n].target(params[n]) for n in names])
   else:
     names = [config.low_temperature.model]
     def potential(params):
-      e = functools.partial(energies.fns[names[0]], params[names[0]])
-      return targets.tempered(e, config.low_temperature.beta)
-  return potential, {n: energies.params[n] for n in names}, names
+      return targets.tempered(energies[names[0]].target(params[names[0]]),
+                              config.low_temperature.beta)
+  return potential, {n: energies[n].params for n in names}
 
 
-def run_method(method: str, keys, potential, params, config, sigma_data: float):
+def run_method(method: str, keys, potential, params, config):
   """Samples the task with one method once per key (one compiled sampler); returns a list of
   ``(samples (N, 2), diagnostics dict)``, one per key.
 
-  The potential's parameters enter the jitted sampler as arguments (never as constants).
+  The potential's parameters enter the jitted sampler as arguments (never as constants); the
+  start width comes from the target's σ_d.
   """
   s = config.sampler
-  sigmas = edm.karras_sigmas(s.num_steps, s.sigma_min, s.sigma_max, s.rho)
+  sigmas = common.levels(s)
   n = s.num_particles
-  step_size = lambda sig: s.mcmc_step_scale * sig**2 + 1e-4
-  if method in SMC_METHODS:
-    scheme = {"smc_score": weights_lib.ScoreOnly(rule=s.score_rule),
-              "smc_ratio": weights_lib.ExactRatio(), "smc_default": weights_lib.DEFAULT}[method]
-    rejuvenation = (mcmc.rejuvenation(s.rejuvenation, s.rejuvenation_steps,
-                                      num_leapfrog=s.num_leapfrog) if s.rejuvenation else None)
+  step_size = lambda sig: s.annealed_step_scale * sig**2 + 1e-4
+  parts = common.smc_parts(method, s) if method in SMC_METHODS else {}
 
   @jax.jit
   def sample(params, key):
     u = potential(params)
     k_init, k_run = jax.random.split(key)
     if method in SMC_METHODS:
-      res = smc.smc_sample(k_run, u, sigmas, n, (2,), sigma_data=sigma_data, weights=scheme,
-                           resampling=smc.Resampling(ess_threshold=s.ess_threshold),
-                           rejuvenation=rejuvenation, final_resample=True)
+      res = smc.smc_sample(k_run, u, sigmas, n, (2,), final_resample=True, **parts)
       return res.particles, {"ess_final": res.ess, "ess_min_fraction": jnp.min(res.info.ess) / n,
                              "num_resampled": jnp.sum(res.info.resampled),
                              "log_Z": res.log_Z, "ess_path": res.info.ess / n}
-    x_init = reverse.prior_sample(k_init, n, (2,), s.sigma_max, sigma_data)
+    x_init = reverse.prior_sample(k_init, n, (2,), s.sigma_max, u.sigma_data)
     if method == "naive":
       return naive_reverse_sample(k_run, u, x_init, sigmas), {}
     res = mcmc.annealed_mcmc_sample(k_run, u, x_init, sigmas, kernel=method,
-                                    num_steps_per_level=s.mcmc_steps_per_level,
+                                    num_steps_per_level=s.annealed_steps_per_level,
                                     step_size=step_size, num_leapfrog=s.num_leapfrog,
                                     target_acceptance=s[f"{method}_target_acceptance"] or None)
     return res.particles, {"acceptance_rate": jnp.mean(res.acceptance_rate)}
@@ -343,7 +316,8 @@ def _progress_line(task, method, source, metrics, config, start, done, total, ph
   return line
 
 
-def run_tasks(config, workdir: str, distilled: Dict[str, Energies], mixtures) -> dict:
+def run_tasks(config, workdir: str, distilled: Dict[str, Dict[str, common.LoadedEnergy]],
+              mixtures) -> dict:
   """Stage 3: every task × method × energy source (``distilled``: the trained sources by name);
   returns the nested results dict."""
   results, figures = {}, {}
@@ -362,15 +336,14 @@ def run_tasks(config, workdir: str, distilled: Dict[str, Energies], mixtures) ->
     results[task] = {"exact_mode_masses": [float(v) for v in truth.mode_masses],
                      "exact_log_Z": truth.log_z}
     for source in config.energies:
-      potential, params, names = task_potential(task, config, sources[source])
-      sigma_data = float(np.mean([gmm_lib.data_std(mixtures[n]) for n in names]))
+      potential, params = task_potential(task, config, sources[source])
       if source in DISTILLED:
         results[task][f"floor/{source}"] = model_floor(potential(params), truth, sigma_k)
       for method in _methods_for(source, config):
         start = time.perf_counter()
         key, k_run, k_eval = jax.random.split(key, 3)
         seed_runs = run_method(method, jax.random.split(k_run, config.eval.num_seeds),
-                               potential, params, config, sigma_data)
+                               potential, params, config)
         per_seed = []
         for (samples, diag), k in zip(seed_runs, jax.random.split(k_eval, len(seed_runs))):
           metrics = score_samples(samples, truth, k, config.eval.num_distance_samples)
@@ -388,8 +361,7 @@ def run_tasks(config, workdir: str, distilled: Dict[str, Energies], mixtures) ->
     plots.task_figure(os.path.join(workdir, f"{task}.png"), task, truth.grid, figures,
                       config.methods, config.energies)
   plots.ess_figure(os.path.join(workdir, "ess.png"), figures,
-                   np.asarray(edm.karras_sigmas(config.sampler.num_steps, config.sampler.sigma_min,
-                                                config.sampler.sigma_max, config.sampler.rho)))
+                   np.asarray(common.levels(config.sampler)))
   return results
 
 
@@ -413,7 +385,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ds = config.datasets[name]
     kwargs = ds.mixture_kwargs.to_dict() if "mixture_kwargs" in ds else {}
     mixtures[name] = toy.get_mixture(ds.mixture, **kwargs)
-  distilled = {source: load_learned(dirs) for source, dirs in train_models(config, workdir).items()}
+  distilled = {source: common.load_energies(dirs)
+               for source, dirs in train_models(config, workdir).items()}
   results = run_tasks(config, workdir, distilled, mixtures)
   common.write_results(workdir, results, format_table(results), config)
   return results

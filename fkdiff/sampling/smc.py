@@ -18,8 +18,8 @@ The sampler is three pure functions over a carried :class:`SMCState`, in the man
 - :func:`finish` completes ``log Ẑ``, optionally resamples once and denoises.
 
 :func:`smc_sample` is the ``lax.scan`` driver over them. The configuration of a sampler (target,
-weights, resampling, rejuvenation, sharding) is one :class:`SMC` value: other JAX code can run
-``state = init(smc, …)`` and ``state, info = step(smc, key, state, σ_next)`` itself (e.g. to guide
+scheme, resampling, rejuvenation, sharding) is one :class:`SMC` value: other JAX code can run
+``state = init(sampler, …)`` and ``state, info = step(sampler, key, state, σ_next)`` itself (e.g. to guide
 between levels) and ``vmap`` the driver over keys or conditions.
 
 ``exp(log Ẑ)`` under exact-ratio weights is an unbiased estimate of ``Z_K = ∫ exp(−U_K(x)) dx``
@@ -96,7 +96,7 @@ class SMC(NamedTuple):
 
   Attributes:
     target: the :class:`~fkdiff.sampling.targets.Target`.
-    weights: the weight scheme (a :class:`~fkdiff.sampling.weights.WeightScheme`).
+    scheme: the weight scheme (a :class:`~fkdiff.sampling.weights.WeightScheme`).
     resampling: :class:`Resampling`.
     rejuvenation: None or a kernel callable (:func:`fkdiff.sampling.mcmc.rejuvenation`) leaving
       ``γ_k`` invariant, run after each resampling.
@@ -104,7 +104,7 @@ class SMC(NamedTuple):
     particle_chunk_size: None or evaluate at most this many particles at a time (``lax.map``).
   """
   target: targets_lib.Target
-  weights: weights_lib.Scheme = weights_lib.DEFAULT
+  scheme: weights_lib.Scheme = weights_lib.DEFAULT
   resampling: Resampling = Resampling()
   rejuvenation: Optional[Rejuvenation] = None
   sharding: Optional[NamedSharding] = None
@@ -178,7 +178,7 @@ class SMCResult(NamedTuple):
 # Construction and validation.
 
 
-def build(target, weights: weights_lib.Scheme = weights_lib.DEFAULT,
+def build(target, scheme: weights_lib.Scheme = weights_lib.DEFAULT,
           resampling: Resampling = Resampling(),
           rejuvenation: Optional[Rejuvenation] = None, mesh: Optional[Mesh] = None,
           particle_axis: Optional[str] = None,
@@ -190,7 +190,7 @@ def build(target, weights: weights_lib.Scheme = weights_lib.DEFAULT,
       ``particle_chunk_size < 1`` or combined with ``mesh``.
   """
   target = targets_lib.as_target(target)
-  weights_lib.check_scheme(weights)
+  weights_lib.check_scheme(scheme)
   resampling_lib.get_resampler(resampling.scheme)
   if not 0.0 <= resampling.ess_threshold <= 1.0:
     raise ValueError(f"ess_threshold must be in [0, 1], got {resampling.ess_threshold}.")
@@ -201,7 +201,7 @@ def build(target, weights: weights_lib.Scheme = weights_lib.DEFAULT,
   if mesh is not None:
     axis = particle_axis if particle_axis is not None else mesh.axis_names[0]
     sharding = NamedSharding(mesh, P(axis))
-  return SMC(target, weights, resampling, rejuvenation, sharding, particle_chunk_size)
+  return SMC(target, scheme, resampling, rejuvenation, sharding, particle_chunk_size)
 
 
 def _check_sigmas(sigmas) -> None:
@@ -231,6 +231,23 @@ def _check_concrete_positive_scalar(name: str, value) -> None:
   v = targets_lib.concrete(value)
   if v is not None and (v.shape != () or not np.isfinite(v) or not v > 0):
     raise ValueError(f"{name} must be a finite scalar > 0, got {value!r}.")
+
+
+def _start_sigma_data(target, sigma_data, init_std):
+  """The σ_d of the start: the one passed (checked), else the target's; with neither (and no
+  ``init_std``) a ValueError saying how to give one."""
+  if sigma_data is not None:
+    _check_concrete_positive_scalar("sigma_data", sigma_data)
+    return sigma_data
+  own = targets_lib.as_target(target).sigma_data if callable(target) else None
+  if own is not None:
+    return own
+  if init_std is not None:
+    return 1.0   # unused: init_std sets the start width.
+  raise ValueError("smc_sample needs the data std σ_d of its start N(0, (σ_0² + σ_d²)/s): pass "
+                   "sigma_data=..., or build the target from energies that carry it "
+                   "(fkdiff.sampling.targets.as_target(energy_fn, sigma_data=...), or "
+                   "LoadedEnergy.target of a trained run).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,18 +293,18 @@ def _cast(tree, dtype):
       lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
-def _constrain(smc: SMC, tree):
-  if smc.sharding is None:
+def _constrain(sampler: SMC, tree):
+  if sampler.sharding is None:
     return tree
   return jax.tree.map(
-      lambda a: jax.lax.with_sharding_constraint(a, smc.sharding) if a.ndim else a, tree)
+      lambda a: jax.lax.with_sharding_constraint(a, sampler.sharding) if a.ndim else a, tree)
 
 
-def _evaluate(smc: SMC, x: Array, sigma: Array, key: Optional[Array] = None) -> Evaluation:
+def _evaluate(sampler: SMC, x: Array, sigma: Array, key: Optional[Array] = None) -> Evaluation:
   """The scheme's evaluation of every particle at σ; ``(N, …)``. ``key`` is shared by all
   particles (the Hutchinson probes of a level are common to them)."""
-  fn = lambda xi, s: smc.weights.evaluate(smc.target, xi, s, key)
-  return _over_particles(fn, smc.particle_chunk_size)(x, sigma)
+  fn = lambda xi, s: sampler.scheme.evaluate(sampler.target, xi, s, key)
+  return _over_particles(fn, sampler.particle_chunk_size)(x, sigma)
 
 
 def _eval_key(key: Array) -> Array:
@@ -314,14 +331,14 @@ MAX_SUPPORT_TRIALS = 64
 SUPPORT_HITS = 4
 
 
-def _log_inv_support_prob(smc: SMC, key: Array, x: Array, need: Array, sigma: Array,
+def _log_inv_support_prob(sampler: SMC, key: Array, x: Array, need: Array, sigma: Array,
                           var: Array) -> Tuple[Array, Array]:
   """``log`` of an unbiased estimate of ``1/P(x)``, ``P(x) = Pr(x + sqrt(var) z ∈ S)`` with
   ``S = {U(·, σ) finite}``, for the particles ``need`` (0 elsewhere): the number of draws of
   ``z`` until ``SUPPORT_HITS`` land in ``S``, over ``SUPPORT_HITS`` (negative binomial, mean
   ``1/P``). Returns ``((N,), mean
   trials per particle)``; no evaluation at all when ``need`` is all False."""
-  potential = _over_particles(smc.target, smc.particle_chunk_size)
+  potential = _over_particles(sampler.target, sampler.particle_chunk_size)
 
   def body(carry):
     i, count, hits = carry
@@ -343,86 +360,88 @@ def _num_nan(potential: Array) -> Array:
   return jnp.sum(jnp.isnan(potential)).astype(jnp.int32)
 
 
-def init(smc: SMC, key: Array, sigma: Array, num_particles: int, event_shape: Sequence[int], *,
-         sigma_data: float, init_std: Optional[float] = None) -> SMCState:
+def init(sampler: SMC, key: Array, sigma: Array, num_particles: int, event_shape: Sequence[int], *,
+         sigma_data: Optional[float] = None, init_std: Optional[float] = None) -> SMCState:
   """``N`` particles at ``σ_0 = sigma``, exactly weighted for ``γ_0`` (module docstring).
 
   Args:
+    sigma_data: σ_d of the start; default the target's own (as in :func:`smc_sample`).
     init_std: standard deviation of the initial Gaussian; default ``sqrt((σ_0² + σ_d²)/s)``
       with the scheme's start scale ``s``.
   """
   dtype = _float_dtype(sigma)
   sigma = jnp.asarray(sigma, dtype)
-  start_scale, _ = smc.weights.scales(smc.target)
+  sigma_data = _start_sigma_data(sampler.target, sigma_data, init_std)
+  start_scale, _ = sampler.scheme.scales(sampler.target)
   std = (jnp.sqrt((sigma**2 + sigma_data**2) / start_scale) if init_std is None
          else jnp.asarray(init_std, dtype)).astype(dtype)
   x = std * jax.random.normal(key, (num_particles, *event_shape), dtype)
-  x = _constrain(smc, x)
+  x = _constrain(sampler, x)
   log_prior = jax.vmap(_log_normal, in_axes=(0, None, None))(x, jnp.zeros(event_shape, dtype),
                                                               std**2)
-  ev = _cast(_evaluate(smc, x, sigma, _eval_key(key)), dtype)
+  ev = _cast(_evaluate(sampler, x, sigma, _eval_key(key)), dtype)
   log_w = _sanitize(-ev.potential - log_prior, x, ev.potential).astype(dtype)
-  return _constrain(smc, SMCState(x, log_w, jnp.zeros((), dtype), sigma, ev))
+  return _constrain(sampler, SMCState(x, log_w, jnp.zeros((), dtype), sigma, ev))
 
 
-def _resample(smc: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Array]:
+def _resample(sampler: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Array]:
   """Resampling (``log Ẑ += log mean w``, ``log w ← 0``) then the optional rejuvenation."""
   k_res, k_mcmc = jax.random.split(key)
   lw = state.log_weights
   num = lw.shape[0]
   log_mean_w = jax.nn.logsumexp(jnp.where(jnp.isnan(lw), -jnp.inf, lw)) - math.log(num)
-  idx = resampling_lib.get_resampler(smc.resampling.scheme)(k_res, lw, num)
+  idx = resampling_lib.get_resampler(sampler.resampling.scheme)(k_res, lw, num)
   take = lambda a: a[idx]
-  state = _constrain(smc, SMCState(take(state.particles), jnp.zeros_like(lw),
+  state = _constrain(sampler, SMCState(take(state.particles), jnp.zeros_like(lw),
                                    (state.log_Z + log_mean_w).astype(state.log_Z.dtype),
                                    state.sigma, jax.tree.map(take, state.evaluation)))
-  if smc.rejuvenation is None:
+  if sampler.rejuvenation is None:
     return state, jnp.zeros((), state.log_Z.dtype)
   sigma, ev = state.sigma, state.evaluation
-  potential_fn = lambda y: smc.target(y, sigma)
-  cached = smc.weights.cached_potential_and_grad(smc.target, ev)
+  potential_fn = lambda y: sampler.target(y, sigma)
+  cached = sampler.scheme.cached_potential_and_grad(sampler.target, ev)
   if cached is None:   # else the cached (U, ∇U) is the chains' state
-    cached = _over_particles(jax.value_and_grad(smc.target), smc.particle_chunk_size)(
+    cached = _over_particles(jax.value_and_grad(sampler.target), sampler.particle_chunk_size)(
         state.particles, sigma)
-  chains, acc = smc.rejuvenation(k_mcmc, MCMCState(state.particles, *cached), potential_fn,
+  chains, acc = sampler.rejuvenation(k_mcmc, MCMCState(state.particles, *cached), potential_fn,
                                  sigma)
-  ev = smc.weights.evaluation_after_mcmc(ev, chains.potential, chains.grad)
+  ev = sampler.scheme.evaluation_after_mcmc(ev, chains.potential, chains.grad)
   if ev is None:
-    ev = _evaluate(smc, chains.position, sigma, _eval_key(k_mcmc))
+    ev = _evaluate(sampler, chains.position, sigma, _eval_key(k_mcmc))
   new = _like(state._replace(particles=chains.position, evaluation=ev), state)
-  return _constrain(smc, new), jnp.asarray(acc, state.log_Z.dtype)
+  return _constrain(sampler, new), jnp.asarray(acc, state.log_Z.dtype)
 
 
-def _keep(smc: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Array]:
+def _keep(sampler: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Array]:
   return state, jnp.zeros((), state.log_Z.dtype)
 
 
-def step(smc: SMC, key: Array, state: SMCState, sigma_next: Array) -> Tuple[SMCState, SMCInfo]:
+def step(sampler: SMC, key: Array, state: SMCState, sigma_next: Array) -> Tuple[SMCState, SMCInfo]:
   """One level: resample (+ rejuvenate) at σ_k, move to ``σ_{k+1} = sigma_next``, reweight.
 
   Returns:
     ``(state at σ_{k+1}, SMCInfo of σ_k)``.
   """
-  return _step(smc, key, state, sigma_next, evaluate=True)
+  return _step(sampler, key, state, sigma_next, evaluate=True)
 
 
-def _values_only(smc: SMC, x: Array, sigma: Array) -> Evaluation:
+def _values_only(sampler: SMC, x: Array, sigma: Array) -> Evaluation:
   """The potential ``U(x, σ)`` and terms ``T(x, σ)`` of every particle, without gradients (the
   gradient and rate fields are NaN: not evaluated)."""
-  over = lambda fn: _over_particles(fn, smc.particle_chunk_size)(x, sigma)
-  terms = over(smc.target.term_potential)
+  over = lambda fn: _over_particles(fn, sampler.particle_chunk_size)(x, sigma)
+  terms = over(sampler.target.term_potential)
   nan = jnp.full_like(terms, jnp.nan)
-  return Evaluation(over(smc.target), jnp.full_like(x, jnp.nan), nan, terms)
+  return Evaluation(over(sampler.target), jnp.full_like(x, jnp.nan), nan, terms)
 
 
-def _last_needs_values_only(smc: SMC) -> bool:
+def _last_needs_values_only(sampler: SMC) -> bool:
   """Whether the driver's last step may skip the energies' gradients at σ_K: the score-only left
   rule's increment reads the rate at σ_k and the terms only (the values are needed for the
   support), and without rejuvenation the last step can run outside the scan."""
-  return not smc.weights.last_level_needs_gradient and smc.rejuvenation is None
+  return not sampler.scheme.last_level_needs_gradient and sampler.rejuvenation is None
 
 
-def _step(smc: SMC, key: Array, state: SMCState, sigma_next: Array, *,
+def _step(sampler: SMC, key: Array, state: SMCState, sigma_next: Array, *,
           evaluate: bool) -> Tuple[SMCState, SMCInfo]:
   """:func:`step`; ``evaluate=False`` (only where :func:`_last_needs_values_only`) evaluates
   no gradients at σ_{k+1}, so the returned state cannot be stepped from."""
@@ -435,34 +454,34 @@ def _step(smc: SMC, key: Array, state: SMCState, sigma_next: Array, *,
   invalid = resampling_lib.all_weights_invalid(state.log_weights)
   num_nan = _num_nan(state.evaluation.potential)
   outside_before = jnp.any(~jnp.isfinite(state.evaluation.potential))
-  lo, hi = smc.resampling.sigma_range or (-jnp.inf, jnp.inf)
-  do_resample = (ess < smc.resampling.ess_threshold * num) & (sigma >= lo) & (sigma <= hi)
-  state, acc = jax.lax.cond(do_resample, functools.partial(_resample, smc),
-                            functools.partial(_keep, smc), k_res, state)
+  lo, hi = sampler.resampling.sigma_range or (-jnp.inf, jnp.inf)
+  do_resample = (ess < sampler.resampling.ess_threshold * num) & (sigma >= lo) & (sigma <= hi)
+  state, acc = jax.lax.cond(do_resample, functools.partial(_resample, sampler),
+                            functools.partial(_keep, sampler), k_res, state)
   # 2. the scheme's proposal (Euler–Maruyama N(x'; x + (Δ/s) b(x), (Δ/s) I), or its own move).
   x = state.particles
-  _, kernel_scale = smc.weights.scales(smc.target)
+  _, kernel_scale = sampler.scheme.scales(sampler.target)
   var = (sigma**2 - sigma_next**2) / kernel_scale
   noise = jnp.sqrt(var) * jax.random.normal(k_move, x.shape, x.dtype)
-  propose = lambda xi, evi, ni: smc.weights.propose(smc.target, xi, evi, ni, var, sigma)
-  x_new, mean = _over_particles_args(propose, smc.particle_chunk_size)(x, state.evaluation, noise)
+  propose = lambda xi, evi, ni: sampler.scheme.propose(sampler.target, xi, evi, ni, var, sigma)
+  x_new, mean = _over_particles_args(propose, sampler.particle_chunk_size)(x, state.evaluation, noise)
   # 3. evaluate at σ_{k+1} (the step's only evaluation) and reweight.
-  ev = (_evaluate(smc, x_new, sigma_next, _eval_key(key)) if evaluate
-        else _values_only(smc, x_new, sigma_next))
+  ev = (_evaluate(sampler, x_new, sigma_next, _eval_key(key)) if evaluate
+        else _values_only(sampler, x_new, sigma_next))
   kernel_ratio = jax.vmap(lambda a, b, m: _log_normal(a, b, var) - _log_normal(b, m, var))(
       x, x_new, mean)                                 # log L_k(x | x') − log M_k(x' | x)
-  inc = smc.weights.log_increment(state.evaluation, ev, kernel_ratio, sigma, sigma_next)
+  inc = sampler.scheme.log_increment(state.evaluation, ev, kernel_ratio, sigma, sigma_next)
   # 4. the backward kernel renormalised to S_k where the support is not everything (docstring).
   inside_old, inside_new = jnp.isfinite(state.evaluation.potential), jnp.isfinite(ev.potential)
   outside = outside_before | jnp.any(~inside_old) | jnp.any(~inside_new)
   need = outside & inside_old & inside_new & (state.log_weights > -jnp.inf)
-  log_inv_p, trials = _log_inv_support_prob(smc, _support_key(key), x_new, need, sigma, var)
+  log_inv_p, trials = _log_inv_support_prob(sampler, _support_key(key), x_new, need, sigma, var)
   log_w = _sanitize(state.log_weights + inc + log_inv_p, x_new, ev.potential)
   new = _like(SMCState(x_new, log_w, state.log_Z, sigma_next, ev), state)
-  return _constrain(smc, new), SMCInfo(sigma, ess, do_resample, acc, invalid, num_nan, trials)
+  return _constrain(sampler, new), SMCInfo(sigma, ess, do_resample, acc, invalid, num_nan, trials)
 
 
-def finish(smc: SMC, key: Array, state: SMCState, info: SMCInfo, *, final_resample: bool = False,
+def finish(sampler: SMC, key: Array, state: SMCState, info: SMCInfo, *, final_resample: bool = False,
            denoise_fn: Optional[Callable[[Array, Array], Array]] = None) -> SMCResult:
   """The result at the last level: ``log Ẑ`` completed, optionally one resampling and a
   denoiser ``denoise_fn(x, σ_K)`` applied to every particle."""
@@ -470,15 +489,15 @@ def finish(smc: SMC, key: Array, state: SMCState, info: SMCInfo, *, final_resamp
   num = lw.shape[0]
   final_invalid = resampling_lib.all_weights_invalid(lw)
   log_Z = state.log_Z + jax.nn.logsumexp(lw) - math.log(num)
-  if not smc.weights.estimates_log_z:
+  if not sampler.scheme.estimates_log_z:
     log_Z = jnp.full((), jnp.nan, state.log_Z.dtype)
   final_ess = resampling_lib.ess(lw)
   if final_resample:
-    idx = resampling_lib.get_resampler(smc.resampling.scheme)(key, lw, num)
+    idx = resampling_lib.get_resampler(sampler.resampling.scheme)(key, lw, num)
     x, lw = x[idx], jnp.zeros_like(lw)
   if denoise_fn is not None:
-    x = _over_particles(denoise_fn, smc.particle_chunk_size)(x, state.sigma)
-  x, lw = _constrain(smc, (x, lw))
+    x = _over_particles(denoise_fn, sampler.particle_chunk_size)(x, state.sigma)
+  x, lw = _constrain(sampler, (x, lw))
   num_nonfinite = jnp.sum(~jnp.all(jnp.isfinite(x.reshape(num, -1)), axis=-1))
   num_nan = jnp.sum(info.num_nan) + _num_nan(state.evaluation.potential)
   return SMCResult(particles=x, log_weights=lw, log_Z=log_Z, ess=final_ess, info=info,
@@ -497,8 +516,8 @@ def smc_sample(
     num_particles: int,
     event_shape: Sequence[int],
     *,
-    sigma_data: float,
-    weights: weights_lib.Scheme = weights_lib.DEFAULT,
+    sigma_data: Optional[float] = None,
+    scheme: weights_lib.Scheme = weights_lib.DEFAULT,
     resampling: Resampling = Resampling(),
     rejuvenation: Optional[Rejuvenation] = None,
     final_resample: bool = False,
@@ -516,8 +535,11 @@ def smc_sample(
     num_particles: N ≥ 2 (static).
     event_shape: shape of one example, a tuple of positive ints, e.g. ``(2,)`` or ``(H, W, C)``
       (static).
-    sigma_data: σ_d of the start ``N(0, (σ_0² + σ_d²)/s I)``, > 0.
-    weights: the weight scheme. Default :data:`fkdiff.sampling.weights.DEFAULT`:
+    sigma_data: σ_d of the start ``N(0, (σ_0² + σ_d²)/s I)``, > 0; default the target's own
+      (:attr:`~fkdiff.sampling.targets.Target.sigma_data`: its energies' σ_d, combined), which
+      a target built from energies that carry it has (``targets.as_target(E, sigma_data)``,
+      ``LoadedEnergy.target``). ``init_std`` replaces the whole start width.
+    scheme: the weight scheme. Default :data:`fkdiff.sampling.weights.DEFAULT`:
       ``ScoreOnly(rule='trapezoid', noise='matched', proposal='shaped')`` — no energy values
       compared across σ (holds on learned energies), noise matched to the target's scale, the
       Hessian-shaped proposal and, above 16 numbers per example, shared Hutchinson probes for the
@@ -545,34 +567,34 @@ def smc_sample(
     raise ValueError(f"num_particles must be an int >= 2, got {num_particles!r}.")
   num = int(num_particles)
   event_shape = check_event_shape(event_shape)
-  _check_concrete_positive_scalar("sigma_data", sigma_data)
+  sigma_data = _start_sigma_data(target, sigma_data, init_std)
   _check_sigmas(sigmas)
   sigmas = jnp.asarray(sigmas, _float_dtype(sigmas))
   if sigmas.ndim != 1 or sigmas.shape[0] < 2:
     raise ValueError(f"sigmas must be 1-D with at least 2 levels, got shape {sigmas.shape}.")
-  smc = build(target, weights, resampling, rejuvenation, mesh,
+  sampler = build(target, scheme, resampling, rejuvenation, mesh,
               particle_chunk_size=particle_chunk_size)
   if mesh is not None and num % mesh.shape[mesh.axis_names[0]]:
     raise ValueError(f"num_particles={num} must be divisible by the mesh axis size "
                      f"{mesh.shape[mesh.axis_names[0]]}.")
-  weights_lib.check_per_example("target", smc.target, event_shape, ())
-  weights_lib.check_scheme(smc.weights, event_shape)   # its callables on this event shape
+  weights_lib.check_per_example("target", sampler.target, event_shape, ())
+  weights_lib.check_scheme(sampler.scheme, event_shape)   # its callables on this event shape
   if denoise_fn is not None:
     weights_lib.check_per_example("denoise_fn", denoise_fn, event_shape, event_shape)
-  for message in setting_warnings(smc, event_shape):
+  for message in setting_warnings(sampler, event_shape):
     warnings.warn(message, SMCSettingWarning, stacklevel=2)
 
   k_init, k_final, k_steps = jax.random.split(key, 3)
-  state = init(smc, k_init, sigmas[0], num, event_shape, sigma_data=sigma_data, init_std=init_std)
+  state = init(sampler, k_init, sigmas[0], num, event_shape, sigma_data=sigma_data, init_std=init_std)
   keys = jax.random.split(k_steps, sigmas.shape[0] - 1)
-  body = lambda st, inp: step(smc, inp[0], st, inp[1])
-  if not _last_needs_values_only(smc):
+  body = lambda st, inp: step(sampler, inp[0], st, inp[1])
+  if not _last_needs_values_only(sampler):
     state, info = jax.lax.scan(body, state, (keys, sigmas[1:]))
   else:   # the same steps; the last one without the energies' σ_K evaluation (module docstring)
     state, info = jax.lax.scan(body, state, (keys[:-1], sigmas[1:-1]))
-    state, last = _step(smc, keys[-1], state, sigmas[-1], evaluate=False)
+    state, last = _step(sampler, keys[-1], state, sigmas[-1], evaluate=False)
     info = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), info, last)
-  return finish(smc, k_final, state, info, final_resample=final_resample, denoise_fn=denoise_fn)
+  return finish(sampler, k_final, state, info, final_resample=final_resample, denoise_fn=denoise_fn)
 
 
 class SMCSettingWarning(UserWarning):
@@ -583,7 +605,7 @@ class SMCSettingWarning(UserWarning):
 HIGH_DIMENSION = 256
 
 
-def setting_warnings(smc: SMC, event_shape: Sequence[int]) -> list:
+def setting_warnings(sampler: SMC, event_shape: Sequence[int]) -> list:
   """Messages for settings measured not to sample their target on exact energies
   (docs/METHOD.md §4c, benchmarks/RESULTS.md "SMC in image dimensions"): in more than
   ``HIGH_DIMENSION`` numbers per example, score-only weights with unit noise on a target of
@@ -594,10 +616,10 @@ def setting_warnings(smc: SMC, event_shape: Sequence[int]) -> list:
   if size <= HIGH_DIMENSION:
     return []
   # From the concrete weights (a target closed over by jit is still concrete here).
-  weights = targets_lib.concrete(smc.target.weights)
+  weights = targets_lib.concrete(sampler.target.weights)
   total = None if weights is None else float(np.sum(weights))
   scale = None if total is None else (total if total > 0 else 1.0)
-  return list(smc.weights.setting_warnings(scale, size))
+  return list(sampler.scheme.setting_warnings(scale, size))
 
 
 def diagnostics(result: SMCResult, min_ess: float = 2.0) -> list:

@@ -21,6 +21,13 @@ sampler uses ``U_k = U(·, σ_k)`` as the k-th intermediate target ``γ_k = exp(
 target is ``exp(−U(x, σ_K))`` (to ``O(σ_K²)`` the density under "Final target" in each docstring,
 whose ``p`` stands for the model's ``p_0``; exactly, ``p`` is ``p_{σ_K}``).
 
+**Data scale.** A target may carry each energy's data standard deviation σ_d (the σ_d of its
+EDM preconditioning: :func:`as_target` / :func:`label_sum` take it, and
+:meth:`fkdiff.experiments.common.LoadedEnergy.target` passes a trained run's), and combinations
+keep it: :attr:`Target.sigma_data` is then the σ_d SMC's start ``N(0, (σ_0² + σ_d²)/s I)`` needs
+(``smc_sample`` reads it when no ``sigma_data`` is passed), for a product the weighted mean of
+its factors' variances.
+
 **Scale.** :attr:`Target.scale` is ``s = Σ_i w_i`` (``U ≈ s E``: β for :func:`tempered`, the
 number of factors for :func:`product`, 1 for :func:`conditional_and`; a ratio ``E(x|c) − E(x|∅)``
 has 0), reported as 1 when the sum is ≤ 0. The SMC sampler sizes its start (and, for exact-ratio
@@ -59,12 +66,15 @@ class Target:
     weights: ``(L,)`` weights ``w_i`` (any sign), ``L = Σ_g L_g`` (``L_g = 1`` without labels).
     terms: static ``(x, σ) -> (M,)``: terms that are not diffusion energies, or None.
     term_weights: ``(M,)`` weights ``v_j`` (``(0,)`` without terms).
+    group_sigma_data: static, per group, the energy's data std σ_d or None (unknown); ``()``:
+      none known.
   """
   energies: Tuple[Callable, ...] = struct.field(pytree_node=False)
   labels: Tuple[Optional[Array], ...]
   weights: Array
   terms: Optional[Stacked] = struct.field(pytree_node=False, default=None)
   term_weights: Array = struct.field(default_factory=lambda: jnp.zeros((0,), jnp.float32))
+  group_sigma_data: Tuple[Optional[float], ...] = struct.field(pytree_node=False, default=())
 
   def __call__(self, x: Array, sigma: Array) -> Array:
     """``U(x, σ)``: scalar."""
@@ -99,6 +109,43 @@ class Target:
     total = jnp.sum(self.weights)
     return jnp.where(total > 0, total, 1.0)
 
+  @property
+  def sigma_data(self) -> Optional[Array]:
+    """The data std σ_d of ``exp(−U)``'s start Gaussian, or None if an energy's is unknown.
+
+    ``σ_d² = Σ_i w_i σ_{d,i}² / Σ_i w_i`` (clipped at 0; the plain mean where ``Σ w ≤ 0``): at a
+    large σ_0 each factor is ≈ ``N(·, (σ_0² + σ_{d,i}²) I)``, and their product
+    ``Π_i N^{w_i}`` has variance ``(σ_0² + σ_d²)/s`` to first order in ``σ_{d,i}²/σ_0²``. For
+    one energy, tempered or not, it is that energy's σ_d.
+    """
+    groups = _sigma_data_groups(self)
+    if any(g is None for g in groups):
+      return None
+    var = jnp.concatenate([jnp.full((_group_size(c),), float(g)**2, jnp.float32)
+                           for g, c in zip(groups, self.labels)])
+    total = jnp.sum(self.weights)
+    mixed = jnp.where(total > 0, jnp.dot(self.weights, var) / jnp.where(total > 0, total, 1.0),
+                      jnp.mean(var))
+    return jnp.sqrt(jnp.maximum(mixed, 0.0))
+
+
+def _group_size(labels) -> int:
+  return 1 if labels is None else int(labels.shape[0])
+
+
+def _sigma_data_groups(t: "Target") -> Tuple[Optional[float], ...]:
+  """Per group, σ_d or None (``()`` expanded)."""
+  return tuple(t.group_sigma_data) or (None,) * len(t.energies)
+
+
+def _check_sigma_data(sigma_data) -> Optional[float]:
+  if sigma_data is None:
+    return None
+  v = float(sigma_data)
+  if not (np.isfinite(v) and v > 0):
+    raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}.")
+  return v
+
 
 def _group_values(fn, labels, x, sigma) -> Array:
   if labels is None:
@@ -116,13 +163,21 @@ def _group_values_and_grads(fn, labels, x, sigma) -> Tuple[Array, Array]:
 TargetLike = Union[Target, EnergyFn]
 
 
-def as_target(fn: TargetLike) -> Target:
-  """A target as is; a plain energy callable ``E(x, σ)`` as the one-energy target ``U = E``."""
+def as_target(fn: TargetLike, sigma_data: Optional[float] = None) -> Target:
+  """A target as is; a plain energy callable ``E(x, σ)`` as the one-energy target ``U = E``.
+
+  ``sigma_data``: the energy's data std σ_d (e.g. the third value of
+  :func:`fkdiff.training.runs.load_energy`), which :attr:`Target.sigma_data` and SMC's start use;
+  given for a target, it sets every energy's.
+  """
+  sigma_data = _check_sigma_data(sigma_data)
   if isinstance(fn, Target):
-    return fn
+    if sigma_data is None:
+      return fn
+    return fn.replace(group_sigma_data=(sigma_data,) * len(fn.energies))
   if not callable(fn):
     raise TypeError(f"Expected an energy callable E(x, sigma) or a Target, got {type(fn)}.")
-  return Target((fn,), (None,), jnp.ones((1,), jnp.float32))
+  return Target((fn,), (None,), jnp.ones((1,), jnp.float32), group_sigma_data=(sigma_data,))
 
 
 def scale_of(potential: TargetLike) -> Array:
@@ -171,7 +226,8 @@ def _combine(parts: Sequence[TargetLike], coefs: Array) -> Target:
   weights = jnp.concatenate([coefs[k] * t.weights for k, t in enumerate(ts)])
   term_weights = jnp.concatenate([coefs[k] * t.term_weights for k, t in enumerate(ts)])
   return Target(sum((t.energies for t in ts), ()), sum((t.labels for t in ts), ()), weights,
-                _stack([t.terms for t in ts]), term_weights)
+                _stack([t.terms for t in ts]), term_weights,
+                sum((_sigma_data_groups(t) for t in ts), ()))
 
 
 def _with_term(target: TargetLike, term: Callable[[Array, Array], Array], weight) -> Target:
@@ -180,7 +236,7 @@ def _with_term(target: TargetLike, term: Callable[[Array, Array], Array], weight
   extra = lambda x, sigma: jnp.reshape(term(x, sigma), (1,))
   return Target(t.energies, t.labels, t.weights, _stack([t.terms, extra]),
                 jnp.concatenate([t.term_weights, jnp.reshape(jnp.asarray(weight, jnp.float32),
-                                                             (1,))]))
+                                                             (1,))]), t.group_sigma_data)
 
 
 def tempered(energy_fn: TargetLike, beta) -> Target:
@@ -239,13 +295,14 @@ def conditional_and(uncond_energy_fn: TargetLike, cond_energy_fns: Sequence[Targ
 
 
 def label_sum(cond_energy_fn: Callable[[Array, Array, Array], Array], labels,
-              weights=None) -> Target:
+              weights=None, sigma_data: Optional[float] = None) -> Target:
   """``U(x, σ) = Σ_i w_i E(x, σ | c_i)`` for one conditional energy, in one batched call.
 
   Args:
     cond_energy_fn: ``E(x, σ, label) -> scalar`` (e.g. a class-conditional network).
     labels: ``(L, ...)``: one label per term (e.g. a class and the null label ∅).
     weights: ``(L,)`` (default 1 each).
+    sigma_data: the network's data std σ_d (:attr:`Target.sigma_data`), if known.
 
   The network runs once on ``L`` labels (``vmap``) rather than ``L`` times: classifier-free
   guidance ``E(x|∅) + w (E(x|c) − E(x|∅))`` is ``label_sum(E, [∅, c], [1 − w, w])``, the ratio
@@ -256,7 +313,8 @@ def label_sum(cond_energy_fn: Callable[[Array, Array, Array], Array], labels,
   """
   labels = jnp.asarray(labels)
   w = _weights(weights, labels.shape[0])
-  return Target((cond_energy_fn,), (labels,), w)
+  return Target((cond_energy_fn,), (labels,), w,
+                group_sigma_data=(_check_sigma_data(sigma_data),))
 
 
 def disjunction(energy_fns: Sequence[TargetLike], weights=None) -> Target:
@@ -275,7 +333,12 @@ def disjunction(energy_fns: Sequence[TargetLike], weights=None) -> Target:
   def potential(x, sigma):
     neg_e = jnp.stack([-e(x, sigma) for e in energy_fns])
     return -jax.nn.logsumexp(log_pi + neg_e)
-  return as_target(potential)
+  # σ_d: the components' π-weighted variance (their means' spread, unknown here, left out).
+  parts = [as_target(e).sigma_data for e in energy_fns]
+  known = all(p is not None for p in parts) and all(concrete(p) is not None for p in parts)
+  sigma_data = (float(np.sqrt(np.dot(np.exp(np.asarray(log_pi)), [float(p)**2 for p in parts])))
+                if known and concrete(log_pi) is not None else None)
+  return as_target(potential, sigma_data if sigma_data and sigma_data > 0 else None)
 
 
 def negation(energy_fn: TargetLike, negated_energy_fn: TargetLike, alpha=1.0) -> Target:

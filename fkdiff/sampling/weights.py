@@ -84,6 +84,11 @@ class WeightScheme(Protocol):
   def scales(self, target: Target) -> Tuple[Array, Array]:
     """``(start scale, kernel scale)``: start ``N(0, (σ_0² + σ_d²)/s)``, kernels ``Δ/s``."""
 
+  def evaluations_per_level(self, size: int) -> int:
+    """Energy evaluations per particle and level on ``size`` numbers per example (value and
+    gradient count as one, a Hessian-vector product as two): what NFE counts report. Not called
+    by the sampler."""
+
   def evaluate(self, target: Target, x: Array, sigma: Array,
                key: Optional[Array] = None) -> Evaluation:
     """The evaluation of one particle at σ (``key``: shared by the particles of a level)."""

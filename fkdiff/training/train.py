@@ -290,7 +290,7 @@ def score_error(task: Task, data: DataSource, params, config, key: jax.Array,
   from fkdiff.evaluation import toy_metrics
   sigma = config.eval.score_sigma if sigma is None else sigma
   run = jax.jit(lambda p, k: toy_metrics.relative_score_error(
-      toy_metrics.score_from_denoiser(functools.partial(task.denoise_fn, p)), data.mixture,
+      toy_metrics.score_fn_from_denoiser(functools.partial(task.denoise_fn, p)), data.mixture,
       sigma, k), compiler_options=_compiler_options(config))
   return float(run(params, key))
 
