@@ -3,7 +3,8 @@
 Config fields can be overridden on the command line, e.g. ``--config.training.num_steps=100``;
 unknown keys and wrongly typed values are rejected. The config names its job: ``job = 'toy2d'``
 (:mod:`fkdiff.experiments.toy2d`), ``'digits'`` (:mod:`fkdiff.experiments.digits`), ``'fid'`` (:mod:`fkdiff.experiments.fid`),
-``'highdim'`` (:mod:`fkdiff.experiments.highdim`); without ``job``, one training run
+``'highdim'`` (:mod:`fkdiff.experiments.highdim`), ``'imported'`` (:mod:`fkdiff.experiments.imported`,
+an imported diffusers teacher); without ``job``, one training run
 (:func:`fkdiff.training.train_and_evaluate`).
 
 Errors: the library's own errors about its input (a bad config, an unreadable checkpoint, a missing
@@ -61,6 +62,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if job == "highdim":
     from fkdiff.experiments import highdim
     return highdim.run(config, workdir)
+  if job == "imported":
+    from fkdiff.experiments import imported
+    return imported.run(config, workdir)
   from fkdiff.training import train_and_evaluate
   results = train_and_evaluate(config, workdir)
   print(results, flush=True)

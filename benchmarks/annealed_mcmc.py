@@ -2,7 +2,7 @@
 
   python benchmarks/annealed_mcmc.py        # ~5 min on a 2-core CPU
 
-The main job's two tasks (configs/toy2d.py) on the *exact* diffused energies: the product ring ×
+The main job's two problems (configs/toy2d.py) on the *exact* diffused energies: the product ring ×
 bar and the unequal mixture at β = 3, 2,048 particles, 100 Karras levels σ 10 → 0.01, 3 kernel
 steps per level, 3 seeds each. Prints mode-mass TV (mean ± std over seeds), NLL and the last
 level's acceptance and step. The fixed step is ``0.05 σ² + 1e-4`` (for HMC a step *length*).
@@ -29,10 +29,10 @@ def main(num=2048, seeds=3):
   sigmas = edm.karras_sigmas(100, 0.01, 10.0, 7.0)
   truths = {"product": toy2d.product_truth(mix["ring"], mix["bar"], 0.01, 200),
             "low_temperature": toy2d.tempered_truth(mix["unequal"], 3.0, 0.01, 200)}
-  print("| task | kernel | leapfrog | target acc. | TV | NLL | last acc. | last step |")
+  print("| problem | kernel | leapfrog | target acc. | TV | NLL | last acc. | last step |")
   print("|---|---|---|---|---|---|---|---|")
-  for task, truth in truths.items():
-    potential, params = toy2d.task_potential(task, c, source)
+  for problem, truth in truths.items():
+    potential, params = toy2d.problem_potential(problem, c, source)
     sigma_data = potential(params).sigma_data
     for kernel, leapfrog, target in SETTINGS:
       run = jax.jit(lambda key: mcmc.annealed_mcmc_sample(
@@ -45,7 +45,8 @@ def main(num=2048, seeds=3):
         m = toy2d.score_samples(res.particles, truth, jax.random.key(9), 1024)
         tv.append(m["mode_mass_tv"])
         nll.append(m["nll"])
-      print(f"| {task} | {kernel} | {leapfrog if kernel == 'hmc' else '-'} | {target or 'fixed'} "
+      kind = leapfrog if kernel == "hmc" else "-"
+      print(f"| {problem} | {kernel} | {kind} | {target or 'fixed'} "
             f"| {np.mean(tv):.3f} ± {np.std(tv):.3f} | {np.mean(nll):.2f} "
             f"| {float(res.acceptance_rate[-1]):.2f} | {float(res.step_size[-1]):.2g} |",
             flush=True)

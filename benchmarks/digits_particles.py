@@ -121,7 +121,7 @@ def load_run(args):
 def main():
   parser = sampler_parser(__doc__, "naive,cfg,smc_score,smc_ratio", particles=16, levels=64)
   parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
-  parser.add_argument("--tasks", default="low_temperature,and")
+  parser.add_argument("--problems", default="low_temperature,and")
   parser.add_argument("--keys", type=int, default=1, help="evaluations per row (other keys)")
   parser.add_argument("--out", default="", help="JSON file for the results")
   args = parser.parse_args()
@@ -142,29 +142,29 @@ def main():
         f"{'s':>6s} {'1st s':>6s}", flush=True)
   results = []
   for spec in args.methods.split(","):      # method-major: an interrupted sweep has whole methods
-    for task in args.tasks.split(","):
+    for problem in args.problems.split(","):
       base, cfg = method_config(spec, digits.read_job_config(args.workdir), args)
-      if task == "and" and base == "cfg":
+      if problem == "and" and base == "cfg":
         continue
       # β is an argument: one compile.
-      sampler = digits.make_sampler(base, potentials[task, base], cfg, event_shape)
+      sampler = digits.make_sampler(base, potentials[problem, base], cfg, event_shape)
       key = jax.random.key(cfg.seed)
       t0 = time.perf_counter()
       jax.block_until_ready(sampler(params, key, *digits.sampler_conditions(classes, 1.0)))
       first_call = time.perf_counter() - t0    # compile + run
-      for beta in (betas if task == "low_temperature" else [1.0]):
+      for beta in (betas if problem == "low_temperature" else [1.0]):
         for k in range(args.keys):
           t0 = time.perf_counter()
-          _, m, _ = digits.evaluate(sampler, params, jax.random.fold_in(key, 1 + k), task, beta,
+          _, m, _ = digits.evaluate(sampler, params, jax.random.fold_in(key, 1 + k), problem, beta,
                                     classes, judge, reference)
           seconds = time.perf_counter() - t0
-          target = f"β={beta:g}" if task == "low_temperature" else "AND"
-          results.append({"task": task, "beta": beta, "method": spec, "key": k,
+          target = f"β={beta:g}" if problem == "low_temperature" else "AND"
+          results.append({"problem": problem, "beta": beta, "method": spec, "key": k,
                           "samples": args.samples, "particles": cfg.sampler.particles_per_run,
                           "levels": cfg.sampler.num_steps, "seconds": seconds,
                           "first_call_seconds": first_call, **m})
           na = lambda name, fmt: format(m[name], fmt) if name in m else "-"
-          print(f"{target:6s} {spec:26s} {m['both' if task == 'and' else 'adherence']:8.3f} "
+          print(f"{target:6s} {spec:26s} {m['both' if problem == 'and' else 'adherence']:8.3f} "
                 f"{m['diversity']:7.2f} {m['frechet']:8.1f} {m['unique']:6.3f} "
                 f"{m['nfe_per_sample']:8.0f} {na('ess_min_fraction', '7.3f'):>7s} "
                 f"{na('set_unique', '7.3f'):>7s} {na('acceptance', '6.3f'):>6s} "

@@ -9,7 +9,7 @@ target, 16 independent SMC runs (different keys) with ``ExactRatio(scale=1)`` (s
 the target records (β for ``tempered``, 2 for a product of two: start and kernels narrowed by
 it), the same keys for both; weighted estimates (no final resampling):
 
-1. 2-D: the main job's two tasks (configs/toy2d.py's mixtures; 100 levels, N = 2,048): (a) the
+1. 2-D: the main job's two sampling problems (configs/toy2d.py's mixtures; 100 levels, N = 2,048): (a) the
    "unequal" mixture (weights 0.5 / 0.3 / 0.2, widths 0.4 / 0.15 / 0.25) at β = 3 and (b) the
    product ring × bar (scale 2): mode-mass TV and the error of ``log Ẑ``, both against a grid.
 2. 64-D: ``0.7 N(m, 0.25 I) + 0.3 N(−m, 0.25 I)``, ``|m| = 2.8``, at β = 4, 64 levels,
@@ -62,8 +62,8 @@ def two_d(name, potential, scale, log_target, regions, num_regions):
           f"{np.asarray(r.info.ess).min(1).mean() / NUM:8.3f}", flush=True)
 
 
-def toy_tasks():
-  """The main job's two tasks (configs/toy2d.py's mixtures), exact energies."""
+def toy_problems():
+  """The main job's two problems (configs/toy2d.py's mixtures), exact energies."""
   unequal = toy.unequal(weights=(0.5, 0.3, 0.2), radius=1.5, std=(0.4, 0.15, 0.25))
   ring = toy.ring(num_modes=8, radius=2.0, std=0.2)
   bar = toy.bar(separation=2.4, long_std=1.5, short_std=0.2, weights=(0.7, 0.3))
@@ -104,5 +104,5 @@ def sixty_four_d():
 
 if __name__ == "__main__":
   print(f"{jax.devices()[0].device_kind} ({platform.machine()}), jax {jax.__version__}\n")
-  toy_tasks()
+  toy_problems()
   sixty_four_d()

@@ -90,7 +90,7 @@ def _consistent():
   ``python launch.py --config=configs/digits.py:consistent --workdir=runs/digits_demo_copy``."""
   c = _demo()
   c.energies = ("learned", "consistent")
-  c.tasks = ("low_temperature",)
+  c.problems = ("low_temperature",)
   c.low_temperature.betas = (1.0,)
   c.low_temperature.methods = ("smc_score", "smc_ratio")
   return c

@@ -19,12 +19,12 @@ Launch:
   python launch.py --config=configs/toy2d.py:full --workdir=runs/toy2d_full
   python launch.py --config=configs/toy2d.py:smoke --workdir=runs/toy2d_smoke
 
-Outputs in the workdir: results.json / results.txt (task × method × energy → metrics), product.png,
+Outputs in the workdir: results.json / results.txt (problem × method × energy → metrics), product.png,
 low_temperature.png, ess.png, teachers/, energies/ (and, with ``full``, energies_consistent/):
 stage runs, reused on relaunch (the default and ``full`` train the same teachers and plain
 energies, so ``full`` in the default's workdir reuses them), TensorBoard scalars. Expected
 figures: docs/experiments.md and benchmarks/RESULTS.md (SMC's mode-mass error well below the naive
-sampler's on both tasks; exact-ratio SMC holds on the time-consistent energies).
+sampler's on both problems; exact-ratio SMC holds on the time-consistent energies).
 """
 
 from fkdiff.experiments.toy2d import job_config
@@ -50,7 +50,7 @@ def get_config(variant: str = ""):
                                                                 "std": (0.4, 0.15, 0.25)}}
   c.low_temperature.beta = 3.0
   # Resample at every level and rejuvenate with 2 MALA steps: with the default τ = 0.5 and no
-  # moves, the product task's mode masses varied by up to 0.27 (TV) between seeds; with these,
+  # moves, the product problem's mode masses varied by up to 0.27 (TV) between seeds; with these,
   # ≤ 0.04 (2,048-4,096 particles, 100 levels).
   c.sampler.ess_threshold = 1.0
   c.sampler.rejuvenation = "mala"

@@ -142,7 +142,7 @@ def test_one_draw_per_independent_run_samples_the_target():
 
 
 def test_potentials_are_their_closed_form_compositions():
-  """Every (task, method) potential on closed-form conditional energies
+  """Every (problem, method) potential on closed-form conditional energies
   E(x|c, σ) = ½‖x − μ_c‖² / (1 + σ²), a distinct μ per label (∅ included) and per model, equals its
   formula: β E(x|c); E(x|∅) + β (E(x|c) − E(x|∅)); E(x|c) + E'(x|heavy) − E'(x|∅). A swapped
   label, model or weight changes the value (the labels are far apart here, unlike on a briefly
@@ -160,7 +160,7 @@ def test_potentials_are_their_closed_form_compositions():
   e = lambda m, label: np.asarray(jax.vmap(lambda a: m.fn(m.params, a, sigma, label))(x))
   value = lambda key, cond: np.asarray(jax.vmap(lambda a: pots[key](params, cond)(a, sigma))(x))
   methods = {"low_temperature": digits.LOW_TEMPERATURE_METHODS, "and": digits.AND_METHODS}
-  assert set(pots) == {(task, m) for task, ms in methods.items() for m in ms}
+  assert set(pots) == {(problem, m) for problem, ms in methods.items() for m in ms}
   assert set(digits.potentials({"class": cls})) == {   # a class model alone: no AND targets
       ("low_temperature", m) for m in digits.LOW_TEMPERATURE_METHODS}
   for beta in (1.0, 2.0, 3.5):
@@ -184,7 +184,7 @@ def test_potentials_are_their_closed_form_compositions():
 def _smoke_config(data_dir):
   """configs/digits.py:smoke with every potential, both SMC weight schemes and the
   reverse-diffusion sampler in three compilations: 'naive' shares cfg's sampler, and the tempered
-  and AND potentials serve every method of their task."""
+  and AND potentials serve every method of their problem."""
   config = _config("smoke")
   config.data_dir = str(data_dir)
   config.low_temperature.methods = ("smc_score", "cfg")
@@ -197,7 +197,7 @@ def _smoke_config(data_dir):
 
 @pytest.fixture(scope="module")
 def smoke_job(tmp_path_factory):
-  """Teachers → distilled energies → classifier → every task and method, once; returns the
+  """Teachers → distilled energies → classifier → every problem and method, once; returns the
   config, run directory, returned results and the ``results.json`` written then."""
   tmp = tmp_path_factory.mktemp("digits_job")
   config = _smoke_config(tmp / "tfds")
@@ -249,7 +249,7 @@ def test_smoke_job_counts_network_calls_and_draws_from_independent_runs(smoke_jo
 @pytest.mark.slow
 def test_smoke_job_relaunch_reuses_every_stage(smoke_job, capsys):
   config = _smoke_config(smoke_job.config.data_dir)
-  config.tasks = ()
+  config.problems = ()
   capsys.readouterr()
   digits.run(config, str(smoke_job.run))
   out = capsys.readouterr().out
@@ -325,7 +325,9 @@ def test_the_shipped_demo_models_are_the_demo_config_and_load():
     shipped = json.load(f)
   for section in ("teacher", "distill"):
     for key in ("model", "energy", "diffusion", "optim", "data"):
-      assert shipped[section][key] == json.loads(want[section].to_json())[key], (section, key)
+      wanted = json.loads(want[section].to_json())[key]   # keys added since: their defaults
+      assert shipped[section][key] == {k: wanted.get(k) for k in shipped[section][key]}, (
+          section, key)
     assert shipped[section]["training"]["num_steps"] == want[section].training.num_steps
   energies = common.load_energies({name: os.path.join(demo, "energies", name)
                                    for name in digits.MODELS})
@@ -348,6 +350,9 @@ def test_an_earlier_runs_config_reads_as_a_valid_config_of_this_version():
     shipped = json.load(f)
   for section in ("teacher", "distill"):
     for key in ("model", "energy", "diffusion", "optim", "data", "training"):
-      assert json.loads(config[section].to_json())[key] == shipped[section][key], (section, key)
+      read = json.loads(config[section].to_json())[key]   # new keys carry their defaults
+      assert {k: read[k] for k in shipped[section][key]} == shipped[section][key], (section, key)
   assert "distill" not in shipped["distill"] and config.distill.distill.time_weight == 0.0
   assert config.sampler.num_steps == shipped["sampler"]["num_steps"]
+  # Its sampling problems were saved as `tasks` (the name before 0.1's one meaning per name).
+  assert config.problems == tuple(shipped["tasks"])

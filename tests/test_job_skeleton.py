@@ -43,7 +43,7 @@ def test_both_jobs_refuse_a_bad_shared_sampler_key(key, value, message):
     config = job.job_config()
     if job is toy2d:
       config.datasets.ring = {"mixture": "ring"}
-      config.tasks, config.low_temperature.model = ("low_temperature",), "ring"
+      config.problems, config.low_temperature.model = ("low_temperature",), "ring"
     config.sampler[key] = value
     with pytest.raises(ValueError, match=message):
       job.validate_job_config(config)

@@ -24,7 +24,7 @@ def _draw(grid, title, path, sources=("exact",)):
   samples = {(title, "a", s): (x, None) for s in sources}
   # ("b", "learned") left out: a method not run on a source is a blank panel.
   samples[(title, "b", "exact")] = (x + 0.3, None)
-  return plots.task_figure(str(path), title, grid, samples, ("a", "b"), sources)
+  return plots.problem_figure(str(path), title, grid, samples, ("a", "b"), sources)
 
 
 def test_the_view_of_a_gaussian_is_the_disk_holding_its_mass(tmp_path):
@@ -43,8 +43,8 @@ def test_the_view_of_a_gaussian_is_the_disk_holding_its_mass(tmp_path):
   assert (tmp_path / "gauss.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("task", ["product", "low_temperature"])
-def test_the_toy_job_figures_show_the_target_support_not_the_whole_grid(task, tmp_path):
+@pytest.mark.parametrize("problem", ["product", "low_temperature"])
+def test_the_toy_job_figures_show_the_target_support_not_the_whole_grid(problem, tmp_path):
   """The job's own targets (configs/toy2d.py's mixtures, σ_K = 0.01): the view holds ≥ 99.9% of
   the exact mass, and the same square shrunk to 3/4 of its side no longer does, so it is not even
   4/3 too wide (the whole grid, drawn before, is ~2.8× too wide for the product)."""
@@ -52,11 +52,11 @@ def test_the_toy_job_figures_show_the_target_support_not_the_whole_grid(task, tm
         "bar": {"separation": 2.4, "long_std": 1.5, "short_std": 0.2, "weights": (0.7, 0.3)},
         "unequal": {"weights": (0.5, 0.3, 0.2), "radius": 1.5, "std": (0.4, 0.15, 0.25)}}
   m = {name: toy.get_mixture(name, **k) for name, k in kw.items()}
-  if task == "product":
+  if problem == "product":
     truth = toy2d.product_truth(m["ring"], m["bar"], 0.01, 200)
   else:
     truth = toy2d.tempered_truth(m["unequal"], 3.0, 0.01, 200)
-  box = _draw(truth.grid, task, tmp_path / f"{task}.png", sources=("learned", "exact"))
+  box = _draw(truth.grid, problem, tmp_path / f"{problem}.png", sources=("learned", "exact"))
   assert _box_mass(truth.grid, box) > 0.999
   centre, half = np.array([box[0] + box[1], box[2] + box[3]]) / 2, (box[1] - box[0]) / 2
   assert box[3] - box[2] == pytest.approx(2 * half)   # square: one scale on both axes.

@@ -21,32 +21,32 @@ def test_smoke_pipeline_writes_every_entry_and_reuses_stages(tmp_path, capsys):
   results = toy2d.run(config, str(tmp_path))
   saved = json.loads((tmp_path / "results.json").read_text())
   assert config.energies == toy2d.SOURCES      # plain, time-consistent and exact energies.
-  for task in toy2d.TASKS:
+  for problem in toy2d.PROBLEMS:
     for source in toy2d.SOURCES:
       methods = config.consistent.methods if source == "consistent" else toy2d.METHODS
       for method in methods:
-        row = saved[task][f"{method}/{source}"]
+        row = saved[problem][f"{method}/{source}"]
         assert {"mode_mass_tv", "nll", "sliced_wasserstein", "energy_distance"} <= set(row)
-      assert all(f"{m}/{source}" not in saved[task] for m in toy2d.METHODS if m not in methods)
-    assert saved[task]["smc_ratio/exact"]["log_Z_exact"] == pytest.approx(
-        saved[task]["exact_log_Z"])
+      assert all(f"{m}/{source}" not in saved[problem] for m in toy2d.METHODS if m not in methods)
+    assert saved[problem]["smc_ratio/exact"]["log_Z_exact"] == pytest.approx(
+        saved[problem]["exact_log_Z"])
     # Two seeds: a mean and a spread for every metric; the learned model's own floor.
-    row = saved[task]["smc_score/learned"]
+    row = saved[problem]["smc_score/learned"]
     assert row["mode_mass_tv_std"] >= 0 and 0 <= row["mode_mass_tv"] <= 1
-    assert 0 <= saved[task]["floor/learned"]["mode_mass_tv"] <= 1
-    assert 0 <= saved[task]["floor/consistent"]["mode_mass_tv"] <= 1
-    assert saved[task]["smc_score/exact"]["log_Z"] != saved[task]["smc_score/exact"]["log_Z"]
+    assert 0 <= saved[problem]["floor/learned"]["mode_mass_tv"] <= 1
+    assert 0 <= saved[problem]["floor/consistent"]["mode_mass_tv"] <= 1
+    assert saved[problem]["smc_score/exact"]["log_Z"] != saved[problem]["smc_score/exact"]["log_Z"]
   # The same values (compared as JSON text: score-only SMC's log Ẑ is NaN, and NaN != NaN).
   assert json.dumps(results, sort_keys=True) == json.dumps(saved, sort_keys=True)
   for name in ("product.png", "low_temperature.png", "ess.png", "results.txt"):
     assert (tmp_path / name).stat().st_size > 0
   # A progress line per sampled row, numbered, with an ETA.
-  rows = sum(1 for task in toy2d.TASKS for name, v in saved[task].items()
+  rows = sum(1 for problem in toy2d.PROBLEMS for name, v in saved[problem].items()
              if isinstance(v, dict) and not name.startswith("floor/"))
   out = capsys.readouterr().out
   assert [f"[{k}/{rows}, ETA" in out for k in (1, rows)] == [True, True], out[-2000:]
   # A rerun reuses the finished teachers and energies instead of training again.
-  config.tasks = ("low_temperature",)
+  config.problems = ("low_temperature",)
   config.methods = ("naive",)
   toy2d.run(config, str(tmp_path))
   out = capsys.readouterr().out
@@ -80,10 +80,10 @@ def test_smc_beats_the_naive_sampler_with_exact_energies(tmp_path):
   config.eval.num_seeds = 4
   config.eval.grid_size = 200
   results = toy2d.run(config, str(tmp_path))
-  for task in toy2d.TASKS:
-    smc, naive = results[task]["smc_ratio/exact"], results[task]["naive/exact"]
-    assert smc["mode_mass_tv"] < 0.5 * naive["mode_mass_tv"], (task, smc, naive)
-    assert smc["mode_mass_tv"] < 0.06, (task, smc)
+  for problem in toy2d.PROBLEMS:
+    smc, naive = results[problem]["smc_ratio/exact"], results[problem]["naive/exact"]
+    assert smc["mode_mass_tv"] < 0.5 * naive["mode_mass_tv"], (problem, smc, naive)
+    assert smc["mode_mass_tv"] < 0.06, (problem, smc)
 
 
 def test_bad_names_are_rejected():
@@ -92,8 +92,8 @@ def test_bad_names_are_rejected():
   with pytest.raises(ValueError, match="Unknown method 'langevin'"):
     toy2d.validate_job_config(config)
   config = _config("smoke")
-  config.tasks = ("product", "sum")
-  with pytest.raises(ValueError, match="Unknown task 'sum'"):
+  config.problems = ("product", "sum")
+  with pytest.raises(ValueError, match="Unknown problem 'sum'"):
     toy2d.validate_job_config(config)
   config = _config("smoke")
   config.product.models = ("ring", "spiral")

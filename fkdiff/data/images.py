@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fkdiff.data import source as source_lib
 from fkdiff.data.source import DataSource
 
 Array = jax.Array
@@ -286,17 +287,8 @@ def in_memory_sample_fn(arrays: dict) -> Callable[[Array, int], dict]:
   The images become a constant of every program that calls it: use it for small sets only
   (the digits); training uses :func:`host_batch_fn`.
   """
-  images = jnp.asarray(to_model_range(arrays["image"]))
   labels = None if arrays.get("label") is None else jnp.asarray(arrays["label"], jnp.int32)
-
-  def sample(key, batch_size):
-    idx = jax.random.randint(key, (batch_size,), 0, images.shape[0])
-    batch = {"x": images[idx]}
-    if labels is not None:
-      batch["label"] = labels[idx]
-    return batch
-
-  return sample
+  return source_lib.in_memory_sample_fn(jnp.asarray(to_model_range(arrays["image"])), labels)
 
 
 def _no_sample(name: str):

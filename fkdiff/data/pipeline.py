@@ -1,13 +1,18 @@
 """Training data sources by name: ``make_data_source(config.data)`` → a
-:class:`~fkdiff.data.source.DataSource` (toy 2-D mixtures here, images in
+:class:`~fkdiff.data.source.DataSource` (toy 2-D mixtures and example files here, images in
 :mod:`fkdiff.data.images`).
 """
 
+import os
+
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from fkdiff.data import gmm as gmm_lib
 from fkdiff.data import toy
-from fkdiff.data.source import DataSource
+from fkdiff.data.source import DataSource, in_memory_sample_fn
 
 
 def toy2d_source(data: ml_collections.ConfigDict) -> DataSource:
@@ -24,14 +29,45 @@ def toy2d_source(data: ml_collections.ConfigDict) -> DataSource:
   return DataSource(sample, (mixture.dim,), float(sigma_data), mixture)
 
 
+def arrays_source(data: ml_collections.ConfigDict) -> DataSource:
+  """Examples from the ``.npz`` file ``data.array_file``: ``x`` float ``(N, *event)`` (images in
+  [-1, 1]) and optionally ``label`` int ``(N,)``, drawn uniformly with replacement in ``jit``
+  (e.g. a teacher's own samples, :mod:`fkdiff.experiments.imported`). σ_d: ``data.sigma_data``,
+  else 0.5 for images ``(H, W, C)``, else the examples' RMS std."""
+  path = data.array_file
+  if not path or not os.path.isfile(path):
+    raise FileNotFoundError(f"data.array_file {path!r} is not a file; data.name 'arrays' reads "
+                            "examples from an .npz file with 'x' (N, *event) [and 'label' (N,)].")
+  try:
+    with np.load(path) as f:
+      arrays = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise ValueError(f"data.array_file {path} is not a readable .npz file: {e}.") from None
+  if "x" not in arrays or arrays["x"].ndim < 2 or not len(arrays["x"]):
+    raise ValueError(f"data.array_file {path} has no examples 'x' (N, *event); keys "
+                     f"{sorted(arrays)}.")
+  x = jnp.asarray(arrays["x"], jnp.float32)
+  labels = None if "label" not in arrays else jnp.asarray(arrays["label"], jnp.int32)
+  if labels is not None and labels.shape != x.shape[:1]:
+    raise ValueError(f"data.array_file {path}: 'label' has shape {labels.shape}, not "
+                     f"({x.shape[0]},).")
+  if data.sigma_data > 0:
+    sigma_data = float(data.sigma_data)
+  else:
+    sigma_data = 0.5 if x.ndim == 4 else float(np.sqrt(np.mean(np.var(arrays["x"], axis=0))))
+
+  return DataSource(in_memory_sample_fn(x, labels), tuple(x.shape[1:]), sigma_data)
+
+
 def image_source(data: ml_collections.ConfigDict) -> DataSource:
   """An image dataset of :mod:`fkdiff.data.images` (imports TensorFlow: loaded on use)."""
   from fkdiff.data import images
   return images.image_source(data)
 
 
-_SOURCES = {"toy2d": toy2d_source, "digits": image_source, "cifar10": image_source,
-            "celeb_a": image_source, "afhqv2_64": image_source, "ffhq64": image_source}
+_SOURCES = {"toy2d": toy2d_source, "arrays": arrays_source, "digits": image_source,
+            "cifar10": image_source, "celeb_a": image_source, "afhqv2_64": image_source,
+            "ffhq64": image_source}
 
 
 def make_data_source(data: ml_collections.ConfigDict) -> DataSource:

@@ -32,3 +32,19 @@ class DataSource(NamedTuple):
   sigma_data: float
   mixture: Optional[gmm_lib.GaussianMixture] = None
   host_batch: Optional[Callable[[int, int, int], dict]] = None
+
+
+def in_memory_sample_fn(x: Array,
+                        labels: Optional[Array] = None) -> Callable[[Array, int], dict]:
+  """A jittable ``sample(key, batch_size)`` drawing examples of ``x (N, *event)`` (and their
+  ``labels (N,)``) uniformly with replacement. ``x`` becomes a constant of every program that
+  calls it: for small sets only."""
+
+  def sample(key, batch_size):
+    idx = jax.random.randint(key, (batch_size,), 0, x.shape[0])
+    batch = {"x": x[idx]}
+    if labels is not None:
+      batch["label"] = labels[idx]
+    return batch
+
+  return sample

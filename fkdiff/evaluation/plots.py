@@ -100,7 +100,7 @@ def samples_figure(samples, mixture: Optional[gmm_lib.GaussianMixture], path: st
   plt.close(fig)
 
 
-def task_figure(path: str, title: str, grid, samples: dict, methods, sources,
+def problem_figure(path: str, title: str, grid, samples: dict, methods, sources,
                 max_points: int = 2000) -> Tuple[float, float, float, float]:
   """One panel per (energy source, method): ``samples[(title, method, source)][0] (N, 2)`` (blank
   where absent) over the exact target ``grid`` (a :class:`fkdiff.evaluation.grid.GridDensity`)
@@ -138,9 +138,10 @@ def ess_figure(path: str, results: dict, sigmas) -> None:
   """SMC's ESS fraction against σ (log scale, decreasing to the right) for every run."""
   plt = _figure()
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  for (task, method, source), (_, ess) in results.items():
+  for (problem, method, source), (_, ess) in results.items():
     if ess is not None:
-      ax.plot(np.asarray(sigmas)[:len(ess)], np.asarray(ess), label=f"{task} / {method} / {source}")
+      ax.plot(np.asarray(sigmas)[:len(ess)], np.asarray(ess),
+              label=f"{problem} / {method} / {source}")
   ax.set_xscale("log")
   ax.invert_xaxis()
   ax.set_xlabel("σ")

@@ -61,7 +61,7 @@ from fkdiff.sampling.baselines import naive_reverse_sample
 from fkdiff.training import checkpoint
 from fkdiff.training.config import default_config, validate_config
 
-TASKS = ("low_temperature", "and")
+PROBLEMS = ("low_temperature", "and")
 SMC_METHODS = common.SMC_METHODS   # score-only / exact-ratio weights / smc_sample's default
 SOURCES = ("learned", "consistent")         # plain / time-consistent distilled energies
 LOW_TEMPERATURE_METHODS = SMC_METHODS + ("naive", "cfg")
@@ -77,7 +77,7 @@ def job_config() -> ml_collections.ConfigDict:
   c.job = "digits"
   c.seed = 0
   c.data_dir = ""                 # tfds data_dir of the digits builder ("" = tfds default).
-  c.tasks = TASKS
+  c.problems = PROBLEMS
   c.teacher = default_config()    # training settings shared by both teachers ...
   c.distill = default_config()    # ... and by both distillations.
   # Energy sources: 'learned' (c.distill, energies/<model>) and 'consistent': time-consistent
@@ -112,14 +112,14 @@ def job_config() -> ml_collections.ConfigDict:
 
 
 def validate_job_config(config: ml_collections.ConfigDict) -> None:
-  """Unknown keys, tasks, methods or classes: a ``ValueError`` naming them."""
+  """Unknown keys, problems, methods or classes: a ``ValueError`` naming them."""
   common.check_known_keys(config, job_config(), "digits", ("low_temperature", "conjunction",
                                                           "consistent", "sampler", "classifier",
                                                           "eval"))
   validate_config(config.teacher)
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
-  for kind, names, valid in (("task", config.tasks, TASKS),
+  for kind, names, valid in (("problem", config.problems, PROBLEMS),
                              ("energy source", config.energies, SOURCES),
                              ("consistent method", config.consistent.methods, SMC_METHODS),
                              ("low_temperature method", config.low_temperature.methods,
@@ -158,9 +158,12 @@ def read_job_config(workdir: str) -> ml_collections.ConfigDict:
   """A finished run's ``config.json`` on this version's keys: its values where the key still
   exists, the defaults of :func:`job_config` for new keys, and methods this version no longer
   has (a run saved before ``smc`` split into ``smc_score`` / ``smc_ratio``) replaced by the
-  defaults. Used to sample an earlier run's (or the shipped demo's) models."""
+  defaults; ``tasks`` (this version's ``problems``) is read as ``problems``. Used to sample an
+  earlier run's (or the shipped demo's) models."""
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
+  if "tasks" in saved:
+    saved.setdefault("problems", saved.pop("tasks"))
   config = job_config()
   _merge_saved(config, saved)
   for section, valid in (("low_temperature", LOW_TEMPERATURE_METHODS),
@@ -243,7 +246,7 @@ def get_classifier(config, workdir: str, train: dict, test: dict) -> classifier_
 
 
 def potentials(energies: Dict[str, common.LoadedEnergy]) -> Dict[str, Callable]:
-  """Per (task, method) target ``(params, cond) -> U``; ``cond = (class, β)``. Without a
+  """Per (problem, method) target ``(params, cond) -> U``; ``cond = (class, β)``. Without a
   ``'stroke'`` model, only the ``low_temperature`` targets.
 
   ``params`` is ``{model: parameters}`` (a jit argument); ``cond`` holds traced scalars. Each
@@ -401,23 +404,23 @@ def sampler_conditions(classes, beta: float):
   return cls, jnp.full(cls.shape, beta)
 
 
-def evaluate(sampler: Callable, params, key, task: str, beta: float, classes,
+def evaluate(sampler: Callable, params, key, problem: str, beta: float, classes,
              judge: classifier_lib.ClassifierRun, reference: Reference):
   """Draws one batch per class with ``sampler`` (from :func:`make_sampler`) and scores it;
   returns ``(samples (C, N, H, W, 1), metrics, the sampler's diagnostics)``."""
   samples, diag = sampler(params, key, *sampler_conditions(classes, beta))
   samples = np.asarray(samples)
-  keep = np.isin(reference.labels, classes) & (reference.heavy if task == "and" else True)
+  keep = np.isin(reference.labels, classes) & (reference.heavy if problem == "and" else True)
   stats = frechet.feature_stats(reference.features[keep])
   metrics = score_samples(samples, classes, judge, stats, reference.threshold,
-                          heavy=task == "and")
+                          heavy=problem == "and")
   metrics.update({k: float(np.mean(v)) for k, v in diag.items() if np.ndim(v) == 1})
   return samples, metrics, diag
 
 
-def run_tasks(config, workdir: str, sources: Dict[str, Dict[str, common.LoadedEnergy]], judge,
+def run_problems(config, workdir: str, sources: Dict[str, Dict[str, common.LoadedEnergy]], judge,
               train) -> dict:
-  """Stage 4: every task × β × method × energy source (``sources``: ``{source: energies}``);
+  """Stage 4: every problem × β × method × energy source (``sources``: ``{source: energies}``);
   returns the nested results dict (method keys ``<method>`` for ``learned``,
   ``<method>/<source>`` otherwise) and writes grids."""
   threshold = images.heavy_stroke_threshold(config.data_dir or None)
@@ -426,45 +429,45 @@ def run_tasks(config, workdir: str, sources: Dict[str, Dict[str, common.LoadedEn
   key = jax.random.key(config.seed)
   results = {"classifier_test_accuracy": judge.test_accuracy, "heavy_threshold": threshold}
   settings = []
-  if "low_temperature" in config.tasks:
+  if "low_temperature" in config.problems:
     classes = tuple(config.low_temperature.classes)
     settings += [("low_temperature", m, b, classes) for b in config.low_temperature.betas
                  for m in config.low_temperature.methods]
-  if "and" in config.tasks:
+  if "and" in config.problems:
     settings += [("and", m, 1.0, tuple(config.conjunction.classes))
                  for m in config.conjunction.methods]
   for source, energies in sources.items():
     params = {name: e.params for name, e in energies.items()}
     pots = potentials(energies)
     samplers = {}
-    for task, method, beta, classes in settings:
+    for problem, method, beta, classes in settings:
       if source != "learned" and method not in config.consistent.methods:
         continue
-      if (task, method) not in samplers:
-        samplers[task, method] = make_sampler(method, pots[task, method], config, event_shape)
+      if (problem, method) not in samplers:
+        samplers[problem, method] = make_sampler(method, pots[problem, method], config, event_shape)
       key, k_run = jax.random.split(key)
-      samples, metrics, _ = evaluate(samplers[task, method], params, k_run, task, beta, classes,
-                                     judge, reference)
-      name = f"beta{beta:g}" if task == "low_temperature" else "heavy"
+      samples, metrics, _ = evaluate(samplers[problem, method], params, k_run, problem, beta,
+                                     classes, judge, reference)
+      name = f"beta{beta:g}" if problem == "low_temperature" else "heavy"
       row = method if source == "learned" else f"{method}/{source}"
-      results.setdefault(task, {}).setdefault(name, {})[row] = metrics
+      results.setdefault(problem, {}).setdefault(name, {})[row] = metrics
       grid = samples[:, :config.eval.grid_samples]
       plots.save_image_grid(np.clip(grid.reshape(-1, *event_shape), -1, 1),
-                            os.path.join(workdir, f"{task}_{name}_{row.replace('/', '_')}.png"),
+                            os.path.join(workdir, f"{problem}_{name}_{row.replace('/', '_')}.png"),
                             columns=grid.shape[1])
   return results
 
 
 def format_table(results: dict) -> str:
-  """The results as a fixed-width table: one row per task × setting × method."""
+  """The results as a fixed-width table: one row per problem × setting × method."""
   cols = ("adherence", "both", "heavy", "diversity", "unique", "frechet", "nfe_per_sample",
           "ess_min_fraction", "set_unique")
-  rows = [((task, setting, method), m) for task in TASKS
-          for setting, by_method in results.get(task, {}).items()
+  rows = [((problem, setting, method), m) for problem in PROBLEMS
+          for setting, by_method in results.get(problem, {}).items()
           for method, m in by_method.items()]
   return "\n".join([f"classifier test accuracy {results['classifier_test_accuracy']:.3f}; heavy "
                     f"stroke: mean ink > {results['heavy_threshold']:.4f}"] +
-                   common.metrics_table((("task", 16), ("setting", 8), ("method", 20)), cols,
+                   common.metrics_table((("problem", 16), ("setting", 8), ("method", 20)), cols,
                                         rows, 10))
 
 
@@ -476,6 +479,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              for source, dirs in train_models(config, workdir).items()}
   train, test = digits_arrays(config.data_dir, "train"), digits_arrays(config.data_dir, "test")
   judge = get_classifier(config, workdir, train, test)
-  results = run_tasks(config, workdir, sources, judge, train)
+  results = run_problems(config, workdir, sources, judge, train)
   common.write_results(workdir, results, format_table(results), config)
   return results

@@ -5,7 +5,7 @@ Stages (each a ``train_and_evaluate`` run in its own sub-workdir; finished ones 
   2. an energy distilled from each teacher,                       ``<workdir>/energies/<name>``;
      2b. with the ``consistent`` source, a time-consistent one too (METHOD.md §3b),
                                                        ``<workdir>/energies_consistent/<name>``;
-  3. sampling tasks, each with every method and energy source:
+  3. sampling problems, each with every method and energy source:
      - ``product``: the product of two models (``∝ p_a p_b``),
      - ``low_temperature``: ``∝ p^β`` of a mixture with unequal weights;
      methods ``smc_score`` (Feynman–Kac SMC with score-only weights, METHOD.md §4b),
@@ -42,7 +42,7 @@ from fkdiff.sampling import mcmc, reverse, smc, targets
 from fkdiff.sampling.baselines import naive_reverse_sample
 from fkdiff.training.config import default_config, validate_config
 
-TASKS = ("product", "low_temperature")
+PROBLEMS = ("product", "low_temperature")
 # score-only (sampler.score_rule, sampler.score_noise) / exact-ratio weights / smc_sample's
 # default (weights.DEFAULT), then the unweighted baselines.
 SMC_METHODS = common.SMC_METHODS
@@ -57,7 +57,7 @@ def job_config() -> ml_collections.ConfigDict:
   c.job = "toy2d"
   c.seed = 0
   c.datasets = ml_collections.ConfigDict()      # name -> {mixture, mixture_kwargs}; free-form.
-  c.tasks = TASKS
+  c.problems = PROBLEMS
   c.methods = METHODS
   c.energies = ("learned", "exact")
   c.product = ml_collections.ConfigDict({"models": ("ring", "bar")})
@@ -90,14 +90,14 @@ def job_config() -> ml_collections.ConfigDict:
 
 
 def validate_job_config(config: ml_collections.ConfigDict) -> None:
-  """Unknown keys, task, method or energy names: a ``ValueError`` naming them."""
+  """Unknown keys, problem, method or energy names: a ``ValueError`` naming them."""
   common.check_known_keys(config, job_config(), "toy2d",
                           ("product", "low_temperature", "consistent", "sampler", "eval"))
   validate_config(config.teacher)
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
   common.validate_sampler(config.sampler)
-  for kind, names, valid in (("task", config.tasks, TASKS),
+  for kind, names, valid in (("problem", config.problems, PROBLEMS),
                              ("method", config.methods, METHODS),
                              ("consistent method", config.consistent.methods, METHODS),
                              ("energy source", config.energies, SOURCES)):
@@ -106,15 +106,15 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"Unknown {kind} {unknown[0]!r} in the config; choose from {valid}.")
   for name in _needed_models(config):
     if name not in config.datasets:
-      raise ValueError(f"Dataset {name!r} is used by a task but not defined in config.datasets "
+      raise ValueError(f"Dataset {name!r} is used by a problem but not defined in config.datasets "
                        f"(defined: {sorted(config.datasets)}).")
 
 
 def _needed_models(config):
   names = []
-  if "product" in config.tasks:
+  if "product" in config.problems:
     names += list(config.product.models)
-  if "low_temperature" in config.tasks:
+  if "low_temperature" in config.problems:
     names.append(config.low_temperature.model)
   return list(dict.fromkeys(names))
 
@@ -150,7 +150,7 @@ def exact_energies(mixtures: Dict[str, gmm_lib.GaussianMixture]) -> Dict[str, co
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 3: sampling tasks and their exact ground truth.
+# Stage 3: sampling problems and their exact ground truth.
 
 
 class Truth(NamedTuple):
@@ -194,10 +194,10 @@ def tempered_truth(m, beta, sigma, grid_size) -> Truth:
   return _truth(lambda x: beta * gmm_lib.log_prob(diffused, x), m, _lim(m), None, grid_size)
 
 
-def task_potential(task: str, config, energies: Dict[str, common.LoadedEnergy]):
-  """``(potential(params) -> U(x, σ), params)`` of a task on the given energies; ``U`` is a
+def problem_potential(problem: str, config, energies: Dict[str, common.LoadedEnergy]):
+  """``(potential(params) -> U(x, σ), params)`` of a problem on the given energies; ``U`` is a
   :mod:`fkdiff.sampling.targets` target (it carries its scale and σ_d for SMC)."""
-  if task == "product":
+  if problem == "product":
     names = list(config.product.models)
     def potential(params):
       return targets.product([energies[n].target(params[n]) for n in names])
@@ -210,7 +210,7 @@ def task_potential(task: str, config, energies: Dict[str, common.LoadedEnergy]):
 
 
 def run_method(method: str, keys, potential, params, config):
-  """Samples the task with one method once per key (one compiled sampler); returns a list of
+  """Samples the problem with one method once per key (one compiled sampler); returns a list of
   ``(samples (N, 2), diagnostics dict)``, one per key.
 
   The potential's parameters enter the jitted sampler as arguments (never as constants); the
@@ -301,13 +301,14 @@ def _methods_for(source: str, config) -> list:
   return [m for m in config.methods if source != "consistent" or m in config.consistent.methods]
 
 
-def _progress_line(task, method, source, metrics, config, start, done, total, phase_start) -> str:
+def _progress_line(problem, method, source, metrics, config, start, done, total,
+                   phase_start) -> str:
   """One line per sampled row (row ``done`` of ``total``; the sampling phase is most of the job's
   time) with an ETA from the rows so far, and what the weights' own numbers say when they
   degenerated."""
   now = time.perf_counter()
   eta = (now - phase_start) / done * (total - done)
-  line = (f"Sampled [{done}/{total}, ETA {eta / 60:.1f} min] {task} {method}/{source}: "
+  line = (f"Sampled [{done}/{total}, ETA {eta / 60:.1f} min] {problem} {method}/{source}: "
           f"{config.eval.num_seeds} seeds in {now - start:.0f} s, "
           f"mode-mass TV {metrics['mode_mass_tv']:.4f}")
   ess = metrics.get("ess_min_fraction")
@@ -316,29 +317,29 @@ def _progress_line(task, method, source, metrics, config, start, done, total, ph
   return line
 
 
-def run_tasks(config, workdir: str, distilled: Dict[str, Dict[str, common.LoadedEnergy]],
+def run_problems(config, workdir: str, distilled: Dict[str, Dict[str, common.LoadedEnergy]],
               mixtures) -> dict:
-  """Stage 3: every task × method × energy source (``distilled``: the trained sources by name);
+  """Stage 3: every problem × method × energy source (``distilled``: the trained sources by name);
   returns the nested results dict."""
   results, figures = {}, {}
   sigma_k = config.sampler.sigma_min
   sources = {"exact": exact_energies(mixtures), **distilled}
   key = jax.random.key(config.seed)
-  total = len(config.tasks) * sum(len(_methods_for(s, config)) for s in config.energies)
+  total = len(config.problems) * sum(len(_methods_for(s, config)) for s in config.energies)
   done, phase_start = 0, time.perf_counter()
-  for task in config.tasks:
-    if task == "product":
+  for problem in config.problems:
+    if problem == "product":
       a, b = (mixtures[n] for n in config.product.models)
       truth = product_truth(a, b, sigma_k, config.eval.grid_size)
     else:
       m = mixtures[config.low_temperature.model]
       truth = tempered_truth(m, config.low_temperature.beta, sigma_k, config.eval.grid_size)
-    results[task] = {"exact_mode_masses": [float(v) for v in truth.mode_masses],
+    results[problem] = {"exact_mode_masses": [float(v) for v in truth.mode_masses],
                      "exact_log_Z": truth.log_z}
     for source in config.energies:
-      potential, params = task_potential(task, config, sources[source])
+      potential, params = problem_potential(problem, config, sources[source])
       if source in DISTILLED:
-        results[task][f"floor/{source}"] = model_floor(potential(params), truth, sigma_k)
+        results[problem][f"floor/{source}"] = model_floor(potential(params), truth, sigma_k)
       for method in _methods_for(source, config):
         start = time.perf_counter()
         key, k_run, k_eval = jax.random.split(key, 3)
@@ -352,13 +353,13 @@ def run_tasks(config, workdir: str, distilled: Dict[str, Dict[str, common.Loaded
         metrics = _mean_and_std(per_seed)
         if method == "smc_ratio" and source == "exact":
           metrics["log_Z_exact"] = truth.log_z
-        results[task][f"{method}/{source}"] = metrics
+        results[problem][f"{method}/{source}"] = metrics
         done += 1
-        print(_progress_line(task, method, source, metrics, config, start, done, total,
+        print(_progress_line(problem, method, source, metrics, config, start, done, total,
                              phase_start), flush=True)
         samples, diag = seed_runs[0]
-        figures[(task, method, source)] = (np.asarray(samples), diag.get("ess_path"))
-    plots.task_figure(os.path.join(workdir, f"{task}.png"), task, truth.grid, figures,
+        figures[(problem, method, source)] = (np.asarray(samples), diag.get("ess_path"))
+    plots.problem_figure(os.path.join(workdir, f"{problem}.png"), problem, truth.grid, figures,
                       config.methods, config.energies)
   plots.ess_figure(os.path.join(workdir, "ess.png"), figures,
                    np.asarray(common.levels(config.sampler)))
@@ -366,14 +367,14 @@ def run_tasks(config, workdir: str, distilled: Dict[str, Dict[str, common.Loaded
 
 
 def format_table(results: dict) -> str:
-  """The results as a fixed-width text table (one row per task × method × energy source)."""
+  """The results as a fixed-width text table (one row per problem × method × energy source)."""
   cols = ("mode_mass_tv", "tv_seed_std", "nll", "sliced_wasserstein", "energy_distance",
           "ess_min_fraction", "log_Z", "log_Z_exact")
   rename = {"mode_mass_tv_std": "tv_seed_std"}       # the header keeps 12 characters
-  rows = [((task, name), {rename.get(k, k): v for k, v in metrics.items()})
-          for task, task_rows in results.items()
-          for name, metrics in task_rows.items() if isinstance(metrics, dict)]
-  return "\n".join(common.metrics_table((("task", 16), ("method/energy", 21)), cols, rows, 12))
+  rows = [((problem, name), {rename.get(k, k): v for k, v in metrics.items()})
+          for problem, problem_rows in results.items()
+          for name, metrics in problem_rows.items() if isinstance(metrics, dict)]
+  return "\n".join(common.metrics_table((("problem", 16), ("method/energy", 21)), cols, rows, 12))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -387,6 +388,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mixtures[name] = toy.get_mixture(ds.mixture, **kwargs)
   distilled = {source: common.load_energies(dirs)
                for source, dirs in train_models(config, workdir).items()}
-  results = run_tasks(config, workdir, distilled, mixtures)
+  results = run_problems(config, workdir, distilled, mixtures)
   common.write_results(workdir, results, format_table(results), config)
   return results

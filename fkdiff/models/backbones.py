@@ -36,6 +36,10 @@ def backbone_kwargs(model_config: ml_collections.ConfigDict):
   """``(name, kwargs)`` that :func:`get_backbone` builds: two configs with equal results have the
   same architecture (sequences as tuples, other backbones' sections left out)."""
   name = model_config.name
+  if name == "diffusers":
+    raise ValueError("model.name 'diffusers' is the network of an imported checkpoint: it is the "
+                     "student of a distillation with teacher.diffusers set (a teacher run cannot "
+                     "train it).")
   if name not in _BACKBONES:
     raise ValueError(f"Unknown model.name {name!r}; choose one of {sorted(_BACKBONES)}.")
   is_section = lambda v: isinstance(v, (dict, ml_collections.ConfigDict))

@@ -35,7 +35,7 @@ Array = jax.Array
 CONFIG, WEIGHTS, SCHEDULER = "config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"
 DIFFUSERS_VERSION = "0.42.1"   # written into the config.json files this module saves.
 __all__ = ["CheckpointError", "UnsupportedConfigError", "DiffusersBackbone", "DiffusersTeacher",
-           "init_params", "load_diffusers_teacher", "load_diffusers_unet", "load_schedule",
+           "diffusers_backbone", "init_params", "load_diffusers_teacher", "load_diffusers_unet", "load_schedule",
            "save_diffusers_unet", "save_scheduler_config"]
 
 
@@ -192,18 +192,31 @@ class DiffusersTeacher:
     return self.module.clone(sigma_data=sigma_data)
 
 
+def _module(path: str, config: UNet2DConfig, scheduler_path: Optional[str],
+            sigma_data: float) -> DiffusersBackbone:
+  if config.out_channels != config.in_channels:
+    raise UnsupportedConfigError(f"UNet2DModel config out_channels={config.out_channels} is not "
+                                 f"supported for a teacher: its output must be shaped like its "
+                                 f"input (in_channels={config.in_channels}).")
+  schedule = load_schedule(path if scheduler_path is None else scheduler_path)
+  return DiffusersBackbone(config, tuple(float(a) for a in schedule.alphas_cumprod),
+                           schedule.prediction_type, sigma_data)
+
+
+def diffusers_backbone(path: str, sigma_data: float = 0.5,
+                       scheduler_path: Optional[str] = None) -> DiffusersBackbone:
+  """The :class:`DiffusersBackbone` of checkpoint folder ``path`` from its two config files alone
+  (the weights are not read): how a distilled energy's run rebuilds its network."""
+  unet_dir = _component_dir(path, CONFIG, "unet")
+  config = UNet2DConfig.from_dict(_read_json(os.path.join(unet_dir, CONFIG)))
+  return _module(path, config, scheduler_path, sigma_data)
+
+
 def load_diffusers_teacher(path: str, scheduler_path: Optional[str] = None,
                            sigma_data: float = 0.5) -> DiffusersTeacher:
   """The teacher in checkpoint folder ``path`` (UNet + scheduler config, see the module
   docstring; the scheduler config from ``scheduler_path`` if given). ``sigma_data`` is the σ_d
   of its backbone form (fkdiff's images: 0.5)."""
   config, params = load_diffusers_unet(path)
-  if config.out_channels != config.in_channels:
-    raise UnsupportedConfigError(f"UNet2DModel config out_channels={config.out_channels} is not "
-                                 f"supported for a teacher: its output must be shaped like its "
-                                 f"input (in_channels={config.in_channels}).")
-  schedule = load_schedule(path if scheduler_path is None else scheduler_path)
-  module = DiffusersBackbone(config, tuple(float(a) for a in schedule.alphas_cumprod),
-                             schedule.prediction_type, sigma_data)
-  return DiffusersTeacher(module, params)
+  return DiffusersTeacher(_module(path, config, scheduler_path, sigma_data), params)
 

@@ -203,7 +203,8 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
 # have asked for the same objective. Paths may move; a key the saved run lacks (written before
 # the key existed) is not compared.
 _OBJECTIVE_KEYS = ("seed", "data", "diffusion", "distill", "teacher", "optim")
-_PATH_KEYS = ("teacher.workdir", "data.data_dir", "data.image_dir")
+_PATH_KEYS = ("teacher.workdir", "teacher.diffusers", "data.data_dir", "data.image_dir",
+              "data.array_file")
 # Keys whose 0 means "resolved at training time" (train.recorded_config writes the value used).
 _RESOLVED_KEYS = ("data.sigma_data",)
 

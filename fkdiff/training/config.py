@@ -20,20 +20,21 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "toy2d"       # see fkdiff.data.pipeline for the registry.
+  c.data.name = "toy2d"       # see fkdiff.data.pipeline for the registry ('arrays': a file).
   c.data.mixture = "ring"     # toy2d: a layout of fkdiff.data.toy.
   c.data.mixture_kwargs = ml_collections.ConfigDict()
   c.data.batch_size = 512     # global batch (split over devices).
   c.data.sigma_data = 0.0     # σ_d; 0 means "the data's RMS std" (toy) / 0.5 (images).
   c.data.data_dir = ""        # images: tfds data_dir ("" = the tfds default).
   c.data.image_dir = ""       # afhqv2_64 / ffhq64: folder with train/<class>/*.png.
+  c.data.array_file = ""      # 'arrays': an .npz of 'x' (N, *event) [and 'label' (N,)].
   c.data.label = "class"      # digits: 'class' or 'heavy_stroke' (ink above the median).
   c.data.random_flip = False  # images: horizontal flips with probability 1/2.
   c.data.label_dropout = 0.0  # classifier-free dropout: P(label -> null token) per example.
   c.data.attribute_dropout = 0.0   # multi-label: P(one attribute -> unspecified), independently.
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "mlp"
+  c.model.name = "mlp"        # 'mlp', 'unet'; 'diffusers': the network of teacher.diffusers.
   c.model.width = 128
   c.model.depth = 3
   c.model.emb_dim = 64
@@ -54,7 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.energy.remat = False                      # jax.checkpoint around the backbone.
 
   c.teacher = ml_collections.ConfigDict()     # used by 'distill'.
-  c.teacher.workdir = ""                      # workdir of a finished teacher run.
+  c.teacher.workdir = ""                      # workdir of a finished teacher run, or ...
+  c.teacher.diffusers = ""                    # ... a diffusers checkpoint folder (σ_d 0.5).
   c.teacher.init_student = True               # h starts from the teacher's weights.
   c.teacher.use_ema = True                    # distill the teacher's EMA parameters.
   c.teacher.log_asymmetry = True              # log how non-conservative the teacher is.

@@ -106,11 +106,25 @@ def run_sigma_data(workdir: str, config: Optional[ml_collections.ConfigDict] = N
   return data_sigma_data(teacher.data)
 
 
+def energy_backbone(config: ml_collections.ConfigDict, sigma_data: float):
+  """The backbone ``h`` of an energy run's config: ``model.name``'s, or with ``'diffusers'`` the
+  network of the checkpoint folder ``teacher.diffusers`` (its config files; the weights come from
+  the run's checkpoint)."""
+  if config.model.name != "diffusers":
+    return models.get_backbone(config.model)
+  folder = config.teacher.get("diffusers", "")
+  if not folder:
+    raise ValueError("model.name 'diffusers' is the network of teacher.diffusers, which is not "
+                     "set: pass --config.teacher.diffusers=<checkpoint folder>.")
+  from fkdiff.models import imported
+  return imported.diffusers_backbone(folder, sigma_data)
+
+
 def energy_model(config: ml_collections.ConfigDict, sigma_data: float,
                  remat: bool = False) -> models.EnergyModel:
   """The :class:`~fkdiff.models.EnergyModel` of an energy run's config (``remat``: recompute the
   backbone's activations in the backward pass, a training-memory setting)."""
-  return models.EnergyModel(models.get_backbone(config.model), sigma_data,
+  return models.EnergyModel(energy_backbone(config, sigma_data), sigma_data,
                             config.energy.parameterization, remat=remat)
 
 

@@ -140,18 +140,34 @@ def _architecture(model_config: ml_collections.ConfigDict):
 
 
 def frozen_teacher(config: ml_collections.ConfigDict):
-  """The frozen teacher of a distillation config: ``(denoise_fn, params, sigma_data)`` of
-  :func:`fkdiff.training.runs.load_teacher` (its EMA parameters unless ``teacher.use_ema`` is off).
+  """The frozen teacher of a distillation config: ``(denoise_fn, params, sigma_data)``, with
+  ``denoise_fn(params, x, σ, label=None)`` for one example.
+
+  The teacher is either a finished fkdiff run, ``teacher.workdir``
+  (:func:`fkdiff.training.runs.load_teacher`: its EMA parameters unless ``teacher.use_ema`` is
+  off), or a diffusers checkpoint folder, ``teacher.diffusers`` (:func:`diffusers_teacher`).
 
   Raises:
-    CheckpointError: if ``config.teacher.workdir`` is missing or holds no readable checkpoint.
-    ValueError: if the run there is not a teacher, or its architecture differs from the student's
-      while ``teacher.init_student`` is on.
+    CheckpointError: if neither key is set, or ``teacher.workdir`` holds no readable checkpoint.
+    ValueError: if both are set, if the run there is not a teacher, or its architecture differs
+      from the student's while ``teacher.init_student`` is on.
+    FileNotFoundError, UnsupportedConfigError: a bad ``teacher.diffusers`` folder (one line
+      naming the file or key).
   """
+  folder = config.teacher.get("diffusers", "")
+  if folder and config.teacher.workdir:
+    raise ValueError(f"Distillation has two teachers: teacher.workdir={config.teacher.workdir!r} "
+                     f"and teacher.diffusers={folder!r}; set only one of them.")
+  if folder:
+    return diffusers_teacher(config)
+  if config.model.name == "diffusers":
+    raise ValueError("model.name 'diffusers' is the network of teacher.diffusers, which is not "
+                     "set: pass --config.teacher.diffusers=<checkpoint folder>.")
   if not config.teacher.workdir:
     raise CheckpointError("Distillation needs a teacher: teacher.workdir is not set. Pass "
                           "--config.teacher.workdir=<the workdir of a finished teacher run> "
-                          "(train one with configs/toy2d_teacher.py).")
+                          "(train one with configs/toy2d_teacher.py), or "
+                          "--config.teacher.diffusers=<a diffusers checkpoint folder>.")
   teacher_config = runs.read_run_config(config.teacher.workdir)
   if "task" not in teacher_config:      # a job's workdir: the error lists the teachers inside
     runs.load_teacher(config.teacher.workdir)
@@ -168,6 +184,29 @@ def frozen_teacher(config: ml_collections.ConfigDict):
                      f"weights ({'; '.join(diffs)}). Copy the teacher's model settings or set "
                      "teacher.init_student=False.")
   return runs.load_teacher(config.teacher.workdir, use_ema=config.teacher.use_ema)
+
+
+def diffusers_teacher(config: ml_collections.ConfigDict):
+  """``(denoise_fn, params, 0.5)`` of the diffusers checkpoint folder ``teacher.diffusers``
+  (:func:`fkdiff.models.imported.load_diffusers_teacher`; [-1, 1] images, σ_d 0.5). With
+  ``teacher.init_student`` the student's ``h`` must be that network (``model.name =
+  'diffusers'``); a class-conditional checkpoint has no null label, so no label dropout."""
+  from fkdiff.models import imported
+  teacher = imported.load_diffusers_teacher(config.teacher.diffusers, sigma_data=0.5)
+  if config.teacher.init_student and config.model.name != "diffusers":
+    raise ValueError("The student must have the teacher's architecture to start from its "
+                     f"weights: set model.name='diffusers' (the network of "
+                     f"{config.teacher.diffusers}), not {config.model.name!r}, or "
+                     "teacher.init_student=False.")
+  if config.data.label_dropout > 0 or config.data.attribute_dropout > 0:
+    raise ValueError("A diffusers teacher has no null label: set data.label_dropout and "
+                     "data.attribute_dropout to 0.")
+
+  def denoise_fn(params, x, sigma, label=None):
+    return teacher.module.apply(params, x, sigma, label,
+                                method=imported.DiffusersBackbone.denoise)
+
+  return denoise_fn, teacher.params, 0.5
 
 
 def _time_probes(dist: ml_collections.ConfigDict, data: DataSource) -> int:
@@ -200,8 +239,14 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
   time_weight = float(dist.time_weight) if dist is not None else 0.0
   gauge = models.Gauge(int(dist.gauge_width)) if time_weight > 0 else None
 
+  # An unconditional imported network takes no label: a labelled dataset's are not used.
+  unlabelled = config.model.name == "diffusers" and not model.backbone.config.num_class_embeds
+  # A class-conditional imported network needs a label to be initialised (it has no null one).
+  init_label = (jnp.zeros((), jnp.int32) if config.model.name == "diffusers" and not unlabelled
+                else None)
+
   def init_params(key):
-    params = model.init(key, jnp.zeros(data.event_shape), jnp.ones(()))
+    params = model.init(key, jnp.zeros(data.event_shape), jnp.ones(()), init_label)
     if config.teacher.init_student:
       params = models.init_from_teacher(params, teacher_params)
     if gauge is not None:   # b(σ) beside the energy's parameters (ignored by model.apply).
@@ -215,6 +260,8 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
                        time_target=dist.time_target, time_probes=_time_probes(dist, data))
 
   def loss_fn(params, batch, key, frozen):
+    if unlabelled:
+      batch = {k: v for k, v in batch.items() if k != "label"}
     teacher = lambda x, s, label=None: teacher_denoise(frozen, x, s, label)
     loss, aux = losses.make_distill_loss(denoise, teacher, sigma_data, d.p_mean, d.p_std,
                                          **time_kwargs)(
@@ -223,8 +270,10 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
       # The same noisy points as the loss (same key), one random probe per example.
       x_sigma, sigma = losses.noisy_batch(key, batch["x"], d.p_mean, d.p_std)
       probes = jax.random.split(jax.random.fold_in(key, 1), sigma.shape[0])
+      label = batch.get("label")   # the teacher on the batch's labels, as in the loss
       aux["teacher_asymmetry"] = jax.vmap(
-          lambda x, s, k: losses.asymmetry(teacher, x, s, k))(x_sigma, sigma, probes)
+          lambda x, s, k, l: losses.asymmetry(lambda z, t: teacher(z, t, l), x, s, k),
+          in_axes=(0, 0, 0, None if label is None else 0))(x_sigma, sigma, probes, label)
     return loss, aux
 
   return Task(init_params, with_label_dropout(loss_fn, config), lambda p, x, s: denoise(p, x, s),
