@@ -9,9 +9,10 @@ Variants:
   ''      the first command (≈ 9 min on 2 CPU cores): ``smc_sample``'s default weights and the
           naive score-sum / scaled-score sampler, each with the learned and the exact energies,
           4 seeds.
-  full    the whole study (≈ 40 min), 8 seeds: also score-only SMC with the job's unit-noise setting,
+  full    the whole study (≈ 45 min), 8 seeds: also score-only SMC with the job's unit-noise setting,
           exact-ratio SMC, annealed MALA / HMC (step sizes tuned per level to an acceptance
-          rate) and time-consistent energies (SMC only). Rows other studies add go here.
+          rate), time-consistent energies (SMC only) and two-headed networks trained without a
+          teacher (their SMC methods only). Rows other studies add go here.
   smoke   the full study's every row on tiny models, 2 seeds (≈ 5 min): a pipeline check.
 
 Launch:
@@ -20,7 +21,8 @@ Launch:
   python launch.py --config=configs/toy2d.py:smoke --workdir=runs/toy2d_smoke
 
 Outputs in the workdir: results.json / results.txt (problem × method × energy → metrics), product.png,
-low_temperature.png, ess.png, teachers/, energies/ (and, with ``full``, energies_consistent/):
+low_temperature.png, ess.png, teachers/, energies/ (and, with ``full``, energies_consistent/ and
+two_head/):
 stage runs, reused on relaunch (the default and ``full`` train the same teachers and plain
 energies, so ``full`` in the default's workdir reuses them), TensorBoard scalars. Expected
 figures: docs/experiments.md and benchmarks/RESULTS.md (SMC's mode-mass error well below the naive
@@ -90,7 +92,17 @@ def get_config(variant: str = ""):
     for stage in (c.teacher, c.distill):
       stage.eval.num_samples = 0
   else:   # every method (job_config's default) on every energy source.
-    c.energies = ("learned", "consistent", "exact")
+    c.energies = ("learned", "consistent", "two_head", "exact")
+  # Two-headed networks trained from the data, no teacher (docs/METHOD.md §4e): the teachers'
+  # network and optimiser, 6,000 steps with the energy head's time term at λ = 0.1 (without it
+  # the energy head's levels between modes are off by ~1 nat at σ ≤ 0.1, and exact-ratio SMC
+  # on it missed the product by TV 0.61), sampled by exact-ratio weights from the energy head
+  # and the score head's proposal with no rejuvenation: one forward pass per level
+  # (benchmarks/RESULTS.md, "Two-headed networks").
+  c.two_head.num_steps = 60 if smoke else 6000
+  c.two_head.time_weight = 0.1
+  c.two_head.methods = ("smc_heads",)
+  c.two_head.sampler = {"rejuvenation": "", "ess_threshold": 0.5}
   if smoke:
     c.sampler.update(num_particles=256, num_steps=24, annealed_steps_per_level=2)
     c.eval.update(grid_size=120, num_distance_samples=256)

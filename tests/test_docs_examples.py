@@ -266,7 +266,8 @@ def test_listings_name_real_callables():
   for expected in ("smc_sample", "ScoreOnly", "ExactRatio", "Resampling", "rejuvenation",
                    "smc.build", "smc.init", "smc.step", "smc.finish", "tempered",
                    "annealed_mcmc_sample", "EnergyModel", "energy.energy", "energy.bind",
-                   "losses.make_distill_loss", "losses.make_dsm_loss"):
+                   "losses.make_distill_loss", "losses.make_dsm_loss", "HeadRatio",
+                   "TwoHeadModel", "losses.make_two_head_loss"):
     assert expected in names, (expected, sorted(names))
 
 

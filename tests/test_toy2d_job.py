@@ -20,10 +20,11 @@ def test_smoke_pipeline_writes_every_entry_and_reuses_stages(tmp_path, capsys):
   config = _config("smoke")
   results = toy2d.run(config, str(tmp_path))
   saved = json.loads((tmp_path / "results.json").read_text())
-  assert config.energies == toy2d.SOURCES      # plain, time-consistent and exact energies.
+  assert config.energies == toy2d.SOURCES      # plain, time-consistent, two-headed, exact.
   for problem in toy2d.PROBLEMS:
     for source in toy2d.SOURCES:
-      methods = config.consistent.methods if source == "consistent" else toy2d.METHODS
+      methods = {"consistent": config.consistent.methods,
+                 "two_head": config.two_head.methods}.get(source, config.methods)
       for method in methods:
         row = saved[problem][f"{method}/{source}"]
         assert {"mode_mass_tv", "nll", "sliced_wasserstein", "energy_distance"} <= set(row)
@@ -35,6 +36,7 @@ def test_smoke_pipeline_writes_every_entry_and_reuses_stages(tmp_path, capsys):
     assert row["mode_mass_tv_std"] >= 0 and 0 <= row["mode_mass_tv"] <= 1
     assert 0 <= saved[problem]["floor/learned"]["mode_mass_tv"] <= 1
     assert 0 <= saved[problem]["floor/consistent"]["mode_mass_tv"] <= 1
+    assert 0 <= saved[problem]["floor/two_head"]["mode_mass_tv"] <= 1
     assert saved[problem]["smc_score/exact"]["log_Z"] != saved[problem]["smc_score/exact"]["log_Z"]
   # The same values (compared as JSON text: score-only SMC's log Ẑ is NaN, and NaN != NaN).
   assert json.dumps(results, sort_keys=True) == json.dumps(saved, sort_keys=True)

@@ -25,6 +25,7 @@ import ml_collections
 from absl import logging
 
 from fkdiff.diffusion import edm
+from fkdiff.models import HeadEnergy
 from fkdiff.sampling import mcmc, smc, targets
 from fkdiff.sampling import weights as weights_lib
 from fkdiff.training import checkpoint, runs
@@ -55,15 +56,21 @@ def run_stage(name: str, config: ml_collections.ConfigDict, workdir: str) -> Non
 # Where a distilled energy source's stages live in a job's workdir (each distils the teacher
 # ``teachers/<name>``): plain distillation and the time-consistent one (METHOD.md §3b).
 ENERGY_FOLDERS = {"learned": "energies", "consistent": "energies_consistent"}
+# The energy source trained from the data with no teacher: a two-headed network per model
+# (score and energy heads, docs/METHOD.md §4e), ``<workdir>/two_head/<name>``.
+TWO_HEAD_FOLDER = "two_head"
 
 
 def train_models(config: ml_collections.ConfigDict, workdir: str, names: Sequence[str],
                  stage_config: Callable) -> Dict[str, Dict[str, str]]:
   """Runs (or reuses) a job's training stages: a teacher per model name and, for every
-  distilled source of ``config.energies`` (:data:`ENERGY_FOLDERS`), its distillation of it.
+  distilled source of ``config.energies`` (:data:`ENERGY_FOLDERS`), its distillation of it;
+  with the ``two_head`` source, a two-headed network per model trained from the data
+  (:func:`two_head_training`, no teacher).
 
   Args:
-    config: the job's config (``teacher``, ``distill``, ``consistent`` and ``energies``).
+    config: the job's config (``teacher``, ``distill``, ``consistent``, ``energies`` and, for
+      the ``two_head`` source, ``two_head``).
     names: the models to train.
     stage_config: ``(base, task, name, teacher_workdir) -> ConfigDict``, the stage's training
       config: ``base`` (``config.teacher`` or a distillation's) with the model's data.
@@ -82,7 +89,61 @@ def train_models(config: ml_collections.ConfigDict, workdir: str, names: Sequenc
       e_dir = os.path.join(workdir, folder, name)
       run_stage(f"{folder}/{name}", stage_config(distill[source], "distill", name, t_dir), e_dir)
       out[source][name] = e_dir
+  if "two_head" in config.energies:
+    base = two_head_training(config.teacher, config.two_head)
+    out["two_head"] = {}
+    for name in names:
+      h_dir = os.path.join(workdir, TWO_HEAD_FOLDER, name)
+      run_stage(f"{TWO_HEAD_FOLDER}/{name}", stage_config(base, "two_head", name, ""), h_dir)
+      out["two_head"][name] = h_dir
   return out
+
+
+def two_head_section(**overrides) -> ml_collections.ConfigDict:
+  """A job's ``two_head`` section: the two-headed source's training (the teachers' network,
+  data and optimiser settings with these overrides) and the SMC methods run on it.
+
+  - ``num_steps``: its training steps; ``energy_weight``: the energy head's loss weight ``w``;
+    ``time_weight``: its time-score term's ``λ_t`` (:mod:`fkdiff.losses.two_head`);
+  - ``methods``: the methods run on it (``smc_heads``: :class:`~fkdiff.sampling.HeadRatio`);
+  - ``sampler``: shared sampler keys (:func:`sampler_config`) set otherwise for its rows, e.g.
+    ``{'rejuvenation': ''}``: one forward pass per level and nothing else (:func:`source_sampler`).
+  """
+  c = ml_collections.ConfigDict()
+  c.num_steps = 4000
+  c.energy_weight = 1.0
+  c.time_weight = 0.0
+  c.methods = ("smc_heads",)
+  c.sampler = ml_collections.ConfigDict()
+  c.update(overrides)
+  return c
+
+
+def source_sampler(sampler: ml_collections.ConfigDict,
+                   overrides: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A job's sampler section with an energy source's ``overrides`` (each a key of the section:
+  a ``ValueError`` names one that is not), validated."""
+  unknown = [k for k in overrides.keys() if k not in sampler]
+  if unknown:
+    raise ValueError(f"Unknown sampler key {unknown[0]!r} in two_head.sampler; valid: "
+                     f"{sorted(sampler.keys())}.")
+  s = ml_collections.ConfigDict(sampler.to_dict())
+  s.update(overrides.to_dict())
+  validate_sampler(s)
+  return s
+
+
+def two_head_training(teacher: ml_collections.ConfigDict,
+                      two_head: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The training config of a job's two-headed source: the teachers' settings ``teacher`` with
+  task ``'two_head'`` from the data and ``two_head``'s steps and energy weight."""
+  c = ml_collections.ConfigDict(teacher.to_dict())
+  c.task = "two_head"
+  c.two_head.target = "data"
+  c.two_head.energy_weight = two_head.energy_weight
+  c.two_head.time_weight = two_head.time_weight
+  c.training.num_steps = two_head.num_steps
+  return c
 
 
 def check_known_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict,
@@ -176,31 +237,38 @@ def metrics_table(labels: Sequence[Tuple[str, int]], cols: Sequence[str],
 class LoadedEnergy(NamedTuple):
   """One energy of a job: ``fn(params, x, σ[, label]) -> scalar`` for one example, with its
   parameters, the data std σ_d it was trained with (its EDM preconditioning's) and its null label
-  ∅ (``None``: unconditional). A closed-form energy has its own parameters (e.g. a mixture)."""
+  ∅ (``None``: unconditional). A closed-form energy has its own parameters (e.g. a mixture). A
+  two-headed network also has ``heads(params, x, σ[, label]) -> (E, score head)``."""
   fn: Callable
   params: Any
   sigma_data: float
   null: Optional[int] = None
+  heads: Optional[Callable] = None
 
   def target(self, params: Any = None, label=None) -> targets.Target:
     """``E(·, · | label)`` on ``params`` (default :attr:`params`; a jitted sampler passes its
     argument) as a one-energy :class:`~fkdiff.sampling.targets.Target` that carries σ_d, so that
-    products, tempering and ``smc_sample`` know it."""
+    products, tempering and ``smc_sample`` know it (a two-headed network's energy carries its
+    score head: :class:`fkdiff.models.HeadEnergy`)."""
     p = self.params if params is None else params
-    if label is None:
-      return targets.as_target(lambda x, sigma: self.fn(p, x, sigma), self.sigma_data)
-    return targets.as_target(lambda x, sigma: self.fn(p, x, sigma, label), self.sigma_data)
+    extra = () if label is None else (label,)
+    if self.heads is not None:
+      return targets.as_target(HeadEnergy(lambda x, sigma: self.heads(p, x, sigma, *extra)),
+                               self.sigma_data)
+    return targets.as_target(lambda x, sigma: self.fn(p, x, sigma, *extra), self.sigma_data)
 
 
 def load_energies(energy_dirs: Dict[str, str]) -> Dict[str, LoadedEnergy]:
-  """``{name: LoadedEnergy}`` of the distilled energies in ``energy_dirs`` (``{name:
-  workdir}``), each from :func:`fkdiff.training.runs.load_energy` (EMA parameters), with the null
-  label of a class-conditional run (its number of classes)."""
+  """``{name: LoadedEnergy}`` of the energy runs in ``energy_dirs`` (``{name: workdir}``), each
+  from :func:`fkdiff.training.runs.load` (EMA parameters; a two-headed run with its heads), with
+  the null label of a class-conditional run (its number of classes)."""
   out = {}
   for name, e_dir in energy_dirs.items():
     fn, params, sigma_data = runs.load_energy(e_dir)
-    classes = int(runs.read_run_config(e_dir).model.get("num_classes", 0))
-    out[name] = LoadedEnergy(fn, params, float(sigma_data), classes or None)
+    config = runs.read_run_config(e_dir)
+    heads = runs.heads_fn(config, sigma_data)
+    classes = int(config.model.get("num_classes", 0))
+    out[name] = LoadedEnergy(fn, params, float(sigma_data), classes or None, heads)
   return out
 
 
@@ -208,8 +276,13 @@ def load_energies(energy_dirs: Dict[str, str]) -> Dict[str, LoadedEnergy]:
 # The sampler section and the SMC it maps to.
 
 # The SMC methods of every job: score-only weights with the section's rule and noise, exact-ratio
-# weights, and smc_sample's default scheme (weights.DEFAULT, docs/METHOD.md §4c).
-SMC_METHODS = ("smc_score", "smc_ratio", "smc_default")
+# weights, smc_sample's default scheme (weights.DEFAULT, docs/METHOD.md §4c), and exact-ratio
+# weights proposing from two-headed networks' score heads (weights.HeadRatio, §4e; on energies
+# without heads it is smc_ratio) and score-only weights on those heads' scores (unit noise, the
+# section's rule; on energies without heads it is smc_score with unit noise).
+ENERGY_SMC_METHODS = ("smc_score", "smc_ratio", "smc_default")   # a job's defaults
+HEAD_METHODS = ("smc_heads", "smc_heads_score")        # for two-headed networks' sources
+SMC_METHODS = ENERGY_SMC_METHODS + HEAD_METHODS
 REJUVENATION = ("", "mala", "hmc")
 
 
@@ -278,6 +351,10 @@ def scheme(method: str, s: ml_collections.ConfigDict):
     return weights_lib.ExactRatio()
   if method == "smc_default":
     return weights_lib.DEFAULT
+  if method == "smc_heads":
+    return weights_lib.HeadRatio()
+  if method == "smc_heads_score":
+    return weights_lib.ScoreOnly(rule=s.score_rule, scores="heads")
   raise ValueError(f"Unknown SMC method {method!r}; choose from {SMC_METHODS}.")
 
 
@@ -290,8 +367,11 @@ def smc_parts(method: str, s: ml_collections.ConfigDict) -> dict:
     h = s.rejuvenation_step_size
     step = ((lambda sigma: h * sigma**2) if s.rejuvenation == "mala"
             else (lambda sigma: jnp.sqrt(2 * h) * sigma))
+    # The score-head methods rejuvenate along the heads too (MALA: one forward pass a step).
+    heads = method in HEAD_METHODS and s.rejuvenation == "mala"
     rejuvenation = mcmc.rejuvenation(s.rejuvenation, s.rejuvenation_steps, step,
-                                     num_leapfrog=s.num_leapfrog)
+                                     num_leapfrog=s.num_leapfrog,
+                                     drift="heads" if heads else "gradient")
   return {"scheme": scheme(method, s), "rejuvenation": rejuvenation,
           "resampling": smc.Resampling("systematic", s.ess_threshold, window)}
 
@@ -301,11 +381,14 @@ def nfe_per_particle(method: str, s: ml_collections.ConfigDict, size: int, num_l
   """Energy evaluations of one particle of an SMC run (value and gradient one, a Hessian-vector
   product two; per energy label): its scheme's per level (:meth:`evaluations_per_level` on
   ``size`` numbers per example) times ``num_levels``, plus, per resampling event, the
-  rejuvenation's steps (HMC: ``num_leapfrog`` each) and the scheme's re-evaluation of the moved
-  particles (none where the MCMC's own values suffice: exact-ratio weights)."""
+  rejuvenation's steps (HMC: ``num_leapfrog`` each), the scheme's re-evaluation of the moved
+  particles (none where the MCMC's own values suffice: exact-ratio weights) and, for MALA along
+  the score heads, the chains' start. (For the heads methods on two-headed networks an evaluation
+  is one forward pass; elsewhere a value and gradient.)"""
   per_level = scheme(method, s).evaluations_per_level(size)
   per_event = 0
   if s.rejuvenation:
     per_step = s.num_leapfrog if s.rejuvenation == "hmc" else 1
     per_event = s.rejuvenation_steps * per_step + (per_level if method != "smc_ratio" else 0)
+    per_event += method in HEAD_METHODS and s.rejuvenation == "mala"   # the chains' start
   return per_level * num_levels + per_event * num_resampled

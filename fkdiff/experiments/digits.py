@@ -89,14 +89,14 @@ def job_config() -> ml_collections.ConfigDict:
   c.consistent.time_target = "teacher"
   c.consistent.time_probes = 1    # Hutchinson probes of the teacher's divergence (d = 64).
   c.consistent.num_steps = 800
-  c.consistent.methods = SMC_METHODS   # the methods run on it (the others ignore levels).
+  c.consistent.methods = common.ENERGY_SMC_METHODS   # run on it (the others ignore levels).
   c.low_temperature = ml_collections.ConfigDict()
   c.low_temperature.classes = tuple(range(10))
   c.low_temperature.betas = (1.0, 2.0, 4.0)
-  c.low_temperature.methods = LOW_TEMPERATURE_METHODS
+  c.low_temperature.methods = common.ENERGY_SMC_METHODS + ("naive", "cfg")
   c.conjunction = ml_collections.ConfigDict()
   c.conjunction.classes = tuple(range(10))
-  c.conjunction.methods = AND_METHODS
+  c.conjunction.methods = common.ENERGY_SMC_METHODS + ("naive",)
   # The shared sampler keys (common.sampler_config) on this job's levels, and its own: how SMC
   # makes its samples.
   c.sampler = common.sampler_config(num_steps=64)

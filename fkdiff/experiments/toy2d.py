@@ -5,6 +5,9 @@ Stages (each a ``train_and_evaluate`` run in its own sub-workdir; finished ones 
   2. an energy distilled from each teacher,                       ``<workdir>/energies/<name>``;
      2b. with the ``consistent`` source, a time-consistent one too (METHOD.md §3b),
                                                        ``<workdir>/energies_consistent/<name>``;
+     2c. with the ``two_head`` source, a two-headed network (score and energy heads) per
+     dataset, trained from the data with no teacher (docs/METHOD.md §4e),
+                                                       ``<workdir>/two_head/<name>``;
   3. sampling problems, each with every method and energy source:
      - ``product``: the product of two models (``∝ p_a p_b``),
      - ``low_temperature``: ``∝ p^β`` of a mixture with unequal weights;
@@ -13,7 +16,9 @@ Stages (each a ``train_and_evaluate`` run in its own sub-workdir; finished ones 
      default weights, docs/METHOD.md §4c), ``naive`` (reverse diffusion on summed / scaled
      scores), ``mala`` / ``hmc`` (annealed MCMC); energy sources ``learned`` (the distilled
      energies), ``consistent`` (the time-consistent ones; only ``consistent.methods`` run on
-     them) and ``exact`` (closed-form diffused mixtures), which separates learning error from
+     them), ``two_head`` (the two-headed networks; only ``two_head.methods`` run on them,
+     ``smc_heads``: exact-ratio SMC proposing from the score head) and ``exact`` (closed-form
+     diffused mixtures), which separates learning error from
      sampler error.
 Every sample set is scored against the exact target at the final level σ_K: NLL, mode masses,
 sliced Wasserstein and energy distance to exact samples, ESS and ``log Ẑ`` (vs the exact value
@@ -47,8 +52,9 @@ PROBLEMS = ("product", "low_temperature")
 # default (weights.DEFAULT), then the unweighted baselines.
 SMC_METHODS = common.SMC_METHODS
 METHODS = SMC_METHODS + ("naive", "mala", "hmc")
-SOURCES = ("learned", "consistent", "exact")
-DISTILLED = tuple(common.ENERGY_FOLDERS)          # sources trained by the job (stages 2 / 2b)
+SOURCES = ("learned", "consistent", "two_head", "exact")
+DISTILLED = tuple(common.ENERGY_FOLDERS)          # sources distilled by the job (stages 2 / 2b)
+TRAINED = DISTILLED + ("two_head",)               # ... and every source the job trains
 
 
 def job_config() -> ml_collections.ConfigDict:
@@ -58,7 +64,7 @@ def job_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.datasets = ml_collections.ConfigDict()      # name -> {mixture, mixture_kwargs}; free-form.
   c.problems = PROBLEMS
-  c.methods = METHODS
+  c.methods = common.ENERGY_SMC_METHODS + ("naive", "mala", "hmc")   # heads: two_head.methods
   c.energies = ("learned", "exact")
   c.product = ml_collections.ConfigDict({"models": ("ring", "bar")})
   c.low_temperature = ml_collections.ConfigDict({"model": "unequal", "beta": 3.0})
@@ -71,6 +77,9 @@ def job_config() -> ml_collections.ConfigDict:
   c.consistent.time_target = "teacher"
   c.consistent.num_steps = 6000
   c.consistent.methods = ("smc_score", "smc_ratio")   # run on it (the others ignore levels).
+  # The 'two_head' source: one network per dataset with a score head and an energy head, trained
+  # from the data with no teacher (docs/METHOD.md §4e), the teachers' network and optimiser.
+  c.two_head = common.two_head_section()
   # The shared sampler keys (common.sampler_config) on this job's levels, and its own: the SMC
   # particle count and the annealed MCMC baselines' settings. smc_score's quadrature, measured on
   # this job (8 seeds, 100 levels, learned energies): mode-mass TV 0.037 / 0.027 (product / low
@@ -92,14 +101,18 @@ def job_config() -> ml_collections.ConfigDict:
 def validate_job_config(config: ml_collections.ConfigDict) -> None:
   """Unknown keys, problem, method or energy names: a ``ValueError`` naming them."""
   common.check_known_keys(config, job_config(), "toy2d",
-                          ("product", "low_temperature", "consistent", "sampler", "eval"))
+                          ("product", "low_temperature", "consistent", "two_head", "sampler",
+                           "eval"))
   validate_config(config.teacher)
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
+  validate_config(common.two_head_training(config.teacher, config.two_head))
+  common.source_sampler(config.sampler, config.two_head.sampler)
   common.validate_sampler(config.sampler)
   for kind, names, valid in (("problem", config.problems, PROBLEMS),
                              ("method", config.methods, METHODS),
                              ("consistent method", config.consistent.methods, METHODS),
+                             ("two_head method", config.two_head.methods, METHODS),
                              ("energy source", config.energies, SOURCES)):
     unknown = [n for n in names if n not in valid]
     if unknown:
@@ -209,14 +222,15 @@ def problem_potential(problem: str, config, energies: Dict[str, common.LoadedEne
   return potential, {n: energies[n].params for n in names}
 
 
-def run_method(method: str, keys, potential, params, config):
+def run_method(method: str, keys, potential, params, config, sampler=None):
   """Samples the problem with one method once per key (one compiled sampler); returns a list of
   ``(samples (N, 2), diagnostics dict)``, one per key.
 
   The potential's parameters enter the jitted sampler as arguments (never as constants); the
-  start width comes from the target's σ_d.
+  start width comes from the target's σ_d. ``sampler``: the sampler section (default
+  ``config.sampler``).
   """
-  s = config.sampler
+  s = config.sampler if sampler is None else sampler
   sigmas = common.levels(s)
   n = s.num_particles
   step_size = lambda sig: s.annealed_step_scale * sig**2 + 1e-4
@@ -298,6 +312,8 @@ def model_floor(target, truth: Truth, sigma) -> dict:
 
 
 def _methods_for(source: str, config) -> list:
+  if source == "two_head":
+    return list(config.two_head.methods)
   return [m for m in config.methods if source != "consistent" or m in config.consistent.methods]
 
 
@@ -338,13 +354,15 @@ def run_problems(config, workdir: str, distilled: Dict[str, Dict[str, common.Loa
                      "exact_log_Z": truth.log_z}
     for source in config.energies:
       potential, params = problem_potential(problem, config, sources[source])
-      if source in DISTILLED:
+      if source in TRAINED:
         results[problem][f"floor/{source}"] = model_floor(potential(params), truth, sigma_k)
       for method in _methods_for(source, config):
         start = time.perf_counter()
         key, k_run, k_eval = jax.random.split(key, 3)
+        sampler = (common.source_sampler(config.sampler, config.two_head.sampler)
+                   if source == "two_head" else config.sampler)
         seed_runs = run_method(method, jax.random.split(k_run, config.eval.num_seeds),
-                               potential, params, config)
+                               potential, params, config, sampler)
         per_seed = []
         for (samples, diag), k in zip(seed_runs, jax.random.split(k_eval, len(seed_runs))):
           metrics = score_samples(samples, truth, k, config.eval.num_distance_samples)
@@ -359,8 +377,10 @@ def run_problems(config, workdir: str, distilled: Dict[str, Dict[str, common.Loa
                              phase_start), flush=True)
         samples, diag = seed_runs[0]
         figures[(problem, method, source)] = (np.asarray(samples), diag.get("ess_path"))
+    shown = list(dict.fromkeys(m for source in config.energies
+                               for m in _methods_for(source, config)))
     plots.problem_figure(os.path.join(workdir, f"{problem}.png"), problem, truth.grid, figures,
-                      config.methods, config.energies)
+                         shown, config.energies)
   plots.ess_figure(os.path.join(workdir, "ess.png"), figures,
                    np.asarray(common.levels(config.sampler)))
   return results

@@ -40,12 +40,15 @@ class MLP(nn.Module):
     num_classes: if > 0, labels in ``[0, num_classes]`` are embedded; ``num_classes`` itself is
       the null label used for classifier-free dropout.
     zero_init_output: start with ``F ≡ 0`` (the EDM denoiser then starts as ``c_skip x``).
+    output_heads: the last layer outputs ``output_heads · d`` numbers, one event per head,
+      concatenated on the last axis (:class:`fkdiff.models.TwoHeadModel`: 2); the rest is shared.
   """
   width: int = 128
   depth: int = 3
   emb_dim: int = 64
   num_classes: int = 0
   zero_init_output: bool = True
+  output_heads: int = 1
 
   @nn.compact
   def __call__(self, y: Array, c_noise: Array, label: Optional[Array] = None,
@@ -72,4 +75,4 @@ class MLP(nn.Module):
       h = ResidualBlock(self.width)(h, emb)
     h = nn.silu(nn.LayerNorm()(h))
     init = nn.initializers.zeros if self.zero_init_output else nn.initializers.lecun_normal()
-    return nn.Dense(y.shape[-1], kernel_init=init)(h)
+    return nn.Dense(self.output_heads * y.shape[-1], kernel_init=init)(h)

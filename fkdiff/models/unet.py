@@ -134,6 +134,8 @@ class UNet(nn.Module):
       random network whose output depends on the noise level and label (for tests).
     dropout: dropout rate in every residual block (EDM's position, see the module docstring),
       in ``[0, 1)``; applied only in ``deterministic=False`` calls.
+    output_heads: the output convolution gives ``output_heads · C_in`` channels, one image per
+      head, concatenated on the channel axis (:class:`fkdiff.models.TwoHeadModel`: 2).
   """
   width: int = 64
   depth: int = 2
@@ -147,6 +149,7 @@ class UNet(nn.Module):
   zero_init_output: bool = True
   zero_init_residual: bool = True
   dropout: float = 0.0
+  output_heads: int = 1
 
   def _embedding(self, c_noise: Array, label: Optional[Array], batch: int) -> Array:
     """The ``(B, 4C)`` conditioning embedding of the noise level and the label."""
@@ -230,6 +233,6 @@ class UNet(nn.Module):
         h = nn.Conv(h.shape[-1], (3, 3), name=f"up_{i}")(h)
 
     h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]), epsilon=1e-6, name="norm_out")(h))
-    out = nn.Conv(y.shape[-1], (3, 3), kernel_init=_init(self.zero_init_output),
+    out = nn.Conv(self.output_heads * y.shape[-1], (3, 3), kernel_init=_init(self.zero_init_output),
                   name="conv_out")(h)
     return out[0] if single else out

@@ -4,7 +4,8 @@ Public API (all per-example callables, particles vmapped inside):
 - :func:`smc_sample` → :class:`SMCResult` (``particles, log_weights, log_Z, ess, info, …``), the
   ``lax.scan`` driver over the parts :func:`fkdiff.sampling.smc.init` / ``step`` / ``finish`` of an
   :class:`SMC` (target, weight scheme, :class:`Resampling`, rejuvenation kernel).
-- weight schemes: :class:`ScoreOnly` (default; holds on learned energies), :class:`ExactRatio`.
+- weight schemes: :class:`ScoreOnly` (default; holds on learned energies), :class:`ExactRatio`,
+  :class:`HeadRatio` (exact ratio, proposal from two-headed networks' score heads).
 - targets (:class:`Target` objects): :func:`tempered`, :func:`product`, :func:`conditional_and`,
   :func:`label_sum`, :func:`disjunction`, :func:`negation`, :func:`bounded_soft`,
   :func:`bounded_hard`, :func:`reward_tilt`; :func:`scale_of` reads a target's scale.
@@ -25,4 +26,4 @@ from fkdiff.sampling.targets import (Target, annealed_penalty_schedule, as_targe
                                      bounded_soft, conditional_and, disjunction, label_sum,
                                      negation, product, reward_tilt, scale_of, tempered,
                                      tweedie_denoiser)
-from fkdiff.sampling.weights import ExactRatio, ScoreOnly, WeightScheme
+from fkdiff.sampling.weights import ExactRatio, HeadRatio, ScoreOnly, WeightScheme

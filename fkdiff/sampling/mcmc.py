@@ -9,6 +9,7 @@ Non-finite potentials: a proposal with ``U = +inf`` (e.g. outside a hard box) or
 rejected; a state with ``U = +inf`` accepts any finite proposal.
 """
 
+import functools
 from typing import Callable, NamedTuple, Optional, Union
 
 import jax
@@ -37,6 +38,20 @@ def init(position: Array, potential_fn: PotentialFn) -> MCMCState:
   return MCMCState(position, u, g)
 
 
+def init_along_drift(position: Array, potential_fn) -> MCMCState:
+  """The state at ``position`` for MALA along a drift that is not ``−∇U``: ``grad`` holds
+  ``−b(x)`` from ``potential_fn.value_and_drift`` (a target at one σ,
+  :class:`fkdiff.sampling.targets.AtSigma`: the score heads' drift of two-headed networks, one
+  forward pass, no gradient)."""
+  value_and_drift = getattr(potential_fn, "value_and_drift", None)
+  if value_and_drift is None:
+    raise ValueError("MALA along the score heads (drift='heads') needs a potential with "
+                     "value_and_drift (an SMC target at one σ, fkdiff.sampling.targets.AtSigma); "
+                     f"got {potential_fn!r}.")
+  u, b = value_and_drift(position)
+  return MCMCState(position, u, -b)
+
+
 def _mh_accept(key, log_alpha, u_new, u_old):
   """Accept/reject with the non-finite conventions of the module docstring."""
   log_alpha = jnp.where(jnp.isposinf(u_old) & jnp.isfinite(u_new), 0.0, log_alpha)
@@ -58,18 +73,21 @@ def ula_kernel(key: Array, state: MCMCState, potential_fn: PotentialFn,
   return init(x_new, potential_fn), MCMCInfo(jnp.ones(()), jnp.array(True))
 
 
-def mala_kernel(key: Array, state: MCMCState, potential_fn: PotentialFn,
-                step_size) -> tuple[MCMCState, MCMCInfo]:
+def mala_kernel(key: Array, state: MCMCState, potential_fn: PotentialFn, step_size,
+                init_fn: Callable = init) -> tuple[MCMCState, MCMCInfo]:
   """Metropolis-adjusted Langevin; the accept/reject uses the potential *values* ``U``.
 
-  Proposal ``q(x'|x) = N(x'; x − h ∇U(x), 2h I)``; accept with probability
-  ``min(1, exp(−U(x') + U(x)) q(x|x') / q(x'|x))``.
+  Proposal ``q(x'|x) = N(x'; x − h g(x), 2h I)``; accept with probability
+  ``min(1, exp(−U(x') + U(x)) q(x|x') / q(x'|x))``, where ``g`` is the state's ``grad``:
+  ``∇U`` (``init_fn = init``, the default) or any other field that every state is built with
+  (:func:`init_along_drift`: ``−b``, the score heads' drift) — the MH ratio keeps
+  ``exp(−U)`` invariant for any such drift.
   """
   k_prop, k_acc = jax.random.split(key)
   x = state.position
   z = jax.random.normal(k_prop, x.shape, x.dtype)
   x_new = x - step_size * state.grad + jnp.sqrt(2 * step_size) * z
-  new = init(x_new, potential_fn)
+  new = init_fn(x_new, potential_fn)
 
   def log_q(to, frm, grad_frm):  # log q(to | frm) up to the shared normalisation
     return -jnp.sum((to - frm + step_size * grad_frm)**2) / (4 * step_size)
@@ -132,9 +150,12 @@ def run_chains(key: Array, states: MCMCState, potential_fn: PotentialFn, kernel,
   return states, jnp.mean(acc)
 
 
+DRIFTS = ("gradient", "heads")
+
+
 def rejuvenation(kernel: str = "mala", num_steps: int = 1,
                  step_size: Union[float, Callable[[Array], Array], None] = None,
-                 num_leapfrog: int = 5):
+                 num_leapfrog: int = 5, drift: str = "gradient"):
   """An SMC rejuvenation kernel: ``rejuvenate(key, chains, potential_fn, σ) -> (chains, acc)``.
 
   Runs ``num_steps`` of ``kernel`` (``'mala'`` | ``'hmc'``; ``'ula'`` is accepted but biased) on
@@ -143,13 +164,27 @@ def rejuvenation(kernel: str = "mala", num_steps: int = 1,
   Args:
     step_size: float or function of σ; default :func:`default_step_size` (``0.05 σ²``).
     num_leapfrog: leapfrog steps for HMC.
+    drift: ``'gradient'`` (``−∇U``) or ``'heads'`` (MALA only): the proposal follows the
+      target's score heads (:meth:`fkdiff.sampling.targets.Target.potential_and_drift`; ``−∇U``
+      for energies without one), so a step is one forward pass of a two-headed network and no
+      gradient (docs/METHOD.md §4e); the chains start from their positions' heads (the cached
+      gradient is not used).
   """
+  if drift not in DRIFTS:
+    raise ValueError(f"Unknown rejuvenation drift {drift!r}; choose one of {DRIFTS}.")
+  if drift == "heads" and kernel != "mala":
+    raise ValueError(f"drift='heads' works with the 'mala' kernel only, got {kernel!r} (HMC's "
+                     "leapfrog needs the potential's gradient).")
   kern = get_kernel(kernel, num_leapfrog)
+  if drift == "heads":
+    kern = functools.partial(mala_kernel, init_fn=init_along_drift)
   step_size_fn = resolve_step_size(step_size)
   if not isinstance(num_steps, int) or num_steps < 1:
     raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}.")
 
   def rejuvenate(key, chains: MCMCState, potential_fn: PotentialFn, sigma):
+    if drift == "heads":
+      chains = jax.vmap(lambda x: init_along_drift(x, potential_fn))(chains.position)
     return run_chains(key, chains, potential_fn, kern, step_size_fn(sigma), num_steps)
   return rejuvenate
 

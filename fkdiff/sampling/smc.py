@@ -398,7 +398,7 @@ def _resample(sampler: SMC, key: Array, state: SMCState) -> Tuple[SMCState, Arra
   if sampler.rejuvenation is None:
     return state, jnp.zeros((), state.log_Z.dtype)
   sigma, ev = state.sigma, state.evaluation
-  potential_fn = lambda y: sampler.target(y, sigma)
+  potential_fn = targets_lib.AtSigma(sampler.target, sigma)
   cached = sampler.scheme.cached_potential_and_grad(sampler.target, ev)
   if cached is None:   # else the cached (U, ∇U) is the chains' state
     cached = _over_particles(jax.value_and_grad(sampler.target), sampler.particle_chunk_size)(

@@ -38,7 +38,7 @@ self-normalised SMC weights, but not in ``log Ẑ``; :func:`tempered` multiplies
 :func:`disjunction` (OR) needs normalised or gauge-consistent energies to mean what it says.
 """
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +92,27 @@ class Target:
                         for fn, c in zip(self.energies, self.labels)])
     return jnp.concatenate(vals), jnp.concatenate(grads)
 
+  def energy_values_and_scores(self, x: Array, sigma: Array) -> Tuple[Array, Array]:
+    """``((L,), (L, *x.shape))``: every ``E_i`` and the score its proposal follows: the energy's
+    own score head where it has one (an energy callable with a ``value_and_score`` method, e.g.
+    :class:`fkdiff.models.HeadEnergy`: one forward pass, no gradient), else ``−∇_x E_i``."""
+    vals, scores = zip(*[_group_values_and_scores(fn, c, x, sigma)
+                         for fn, c in zip(self.energies, self.labels)])
+    return jnp.concatenate(vals), jnp.concatenate(scores)
+
+  def potential_and_drift(self, x: Array, sigma: Array) -> Tuple[Array, Array]:
+    """``(U(x, σ), b(x, σ))`` with the drift ``b = Σ_i w_i ŝ_i − ∇T``: each energy's score head
+    ``ŝ_i`` where it has one (:meth:`energy_values_and_scores`), else ``−∇E_i``, and the terms'
+    own gradient (a term's non-finite gradient, e.g. outside a hard box, counts as 0). Without
+    score heads ``b = −∇U``."""
+    e, scores = self.energy_values_and_scores(x, sigma)               # (L,), (L, *event)
+    drift = jnp.tensordot(self.weights, scores, axes=1)
+    if self.terms is None:
+      return jnp.dot(self.weights, e), drift
+    terms, term_grad = jax.value_and_grad(self.term_potential)(x, sigma)
+    return (jnp.dot(self.weights, e) + terms,
+            drift - jnp.where(jnp.isfinite(term_grad), term_grad, 0.0))
+
   def diffusion_potential(self, x: Array, sigma: Array) -> Array:
     """``Σ_i w_i E_i(x, σ)``: scalar."""
     return jnp.dot(self.weights, self.energy_values(x, sigma))
@@ -138,6 +159,20 @@ def _sigma_data_groups(t: "Target") -> Tuple[Optional[float], ...]:
   return tuple(t.group_sigma_data) or (None,) * len(t.energies)
 
 
+class AtSigma(NamedTuple):
+  """A target at one σ, ``U(x) = target(x, σ)``, as MCMC kernels take it, with
+  :meth:`value_and_drift` (``(U, b)`` of :meth:`Target.potential_and_drift`: the score heads'
+  drift, for MALA along them, ``mcmc.rejuvenation(..., drift='heads')``)."""
+  target: "Target"
+  sigma: Array
+
+  def __call__(self, x: Array) -> Array:
+    return self.target(x, self.sigma)
+
+  def value_and_drift(self, x: Array) -> Tuple[Array, Array]:
+    return self.target.potential_and_drift(x, self.sigma)
+
+
 def _check_sigma_data(sigma_data) -> Optional[float]:
   if sigma_data is None:
     return None
@@ -158,6 +193,17 @@ def _group_values_and_grads(fn, labels, x, sigma) -> Tuple[Array, Array]:
     v, g = jax.value_and_grad(fn)(x, sigma)
     return jnp.reshape(v, (1,)), g[None]
   return jax.vmap(lambda c: jax.value_and_grad(fn)(x, sigma, c))(labels)
+
+
+def _group_values_and_scores(fn, labels, x, sigma) -> Tuple[Array, Array]:
+  heads = getattr(fn, "value_and_score", None)
+  if heads is None:
+    v, g = _group_values_and_grads(fn, labels, x, sigma)
+    return v, -g
+  if labels is None:
+    v, s = heads(x, sigma)
+    return jnp.reshape(v, (1,)), s[None]
+  return jax.vmap(lambda c: heads(x, sigma, c))(labels)
 
 
 TargetLike = Union[Target, EnergyFn]

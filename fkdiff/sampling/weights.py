@@ -1,4 +1,5 @@
-"""Feynman–Kac weight schemes for SMC: exact-ratio and score-only (METHOD.md §4, §4b).
+"""Feynman–Kac weight schemes for SMC: exact-ratio, head-ratio and score-only (METHOD.md §4, §4b,
+§4e).
 
 A scheme is any object with the methods of :class:`WeightScheme` — the sampler
 (:mod:`fkdiff.sampling.smc`) calls them and never asks which class it has, so a new scheme is a
@@ -37,7 +38,11 @@ the start weight at σ_0 and in the terms), no Laplacian for ``a = 1``. The σ-i
 rule is the default: measured more accurate with unit noise, docs/METHOD.md).
 The estimate ``Σ log mean w`` then omits the σ-only constants, so ``log Ẑ`` is not reported (NaN).
 
-Both schemes start from ``x ~ N(0, (σ_0² + σ_d²)/s I)`` with the exact importance weight
+**Head ratio** (:class:`HeadRatio`, docs/METHOD.md §4e): the exact ratio with the proposal's
+drift from the score heads of two-headed networks (one forward pass per level, no gradient);
+``ScoreOnly(scores='heads')`` is the score-only scheme on those heads' scores.
+
+All schemes start from ``x ~ N(0, (σ_0² + σ_d²)/s I)`` with the exact importance weight
 ``log w = −U_0(x) − log N(x; 0, (σ_0² + σ_d²)/s I)``: energies compared at one σ, where the gauge
 cancels and no residual enters.
 """
@@ -177,6 +182,61 @@ class ExactRatio(NamedTuple):
     return []
 
 
+class HeadRatio(NamedTuple):
+  """Exact-ratio weights with the proposal from the energies' score heads (docs/METHOD.md §4e):
+  one forward pass per particle and level, no gradient of any energy.
+
+  Each energy of the target that has a score head (``value_and_score``: a two-headed network,
+  :class:`fkdiff.models.HeadEnergy`) gives its value ``E_i`` and its head's score ``ŝ_i`` from
+  one pass; others give ``E_i`` and ``−∇E_i``. The proposal is Euler–Maruyama with the drift
+  ``b = Σ_i w_i ŝ_i − ∇T`` (the terms' own gradients, if any),
+  ``x' = x + (Δ_k/s) b(x) + sqrt(Δ_k/s) z``, and the increment is :class:`ExactRatio`'s,
+  ``−U_{k+1}(x') + U_k(x) + log L_k(x|x') − log M_k(x'|x)`` with ``U`` from the energy values:
+  exact for any drift, so whatever the score head and the energy head disagree on is corrected,
+  and ``log Ẑ`` is estimated. On energies without score heads it is :class:`ExactRatio`.
+
+  Attributes:
+    scale: the kernel scale ``s`` (as :attr:`ExactRatio.scale`; default the target's).
+  """
+  scale: Optional[float] = None
+  estimates_log_z = True
+  last_level_needs_gradient = False    # the increment reads the potentials only
+
+  def check(self, event_shape: Optional[Sequence[int]] = None) -> None:
+    ExactRatio(self.scale).check(event_shape)
+
+  def scales(self, target: Target) -> Tuple[Array, Array]:
+    return ExactRatio(self.scale).scales(target)
+
+  def evaluations_per_level(self, size: int) -> int:
+    """One network evaluation per particle and level (a forward pass)."""
+    return 1
+
+  def evaluate(self, target: Target, x: Array, sigma: Array,
+               key: Optional[Array] = None) -> Evaluation:
+    u, drift = target.potential_and_drift(x, sigma)
+    zero = jnp.zeros_like(u)
+    return Evaluation(u, -drift, zero, zero)
+
+  def propose(self, target: Target, x: Array, evaluation: Evaluation, noise: Array, var: Array,
+              sigma: Array) -> Tuple[Array, Array]:
+    """Euler–Maruyama along the heads' drift, ``x' = x + var b(x) + noise``."""
+    return ExactRatio().propose(target, x, evaluation, noise, var, sigma)
+
+  def log_increment(self, old: Evaluation, new: Evaluation, log_kernel_ratio: Array,
+                    sigma: Array, sigma_next: Array) -> Array:
+    return -new.potential + old.potential + log_kernel_ratio
+
+  def cached_potential_and_grad(self, target: Target, evaluation: Evaluation):
+    return None     # its drift is not ∇U: MCMC evaluates the energies' gradients itself
+
+  def evaluation_after_mcmc(self, evaluation: Evaluation, potential: Array, grad: Array):
+    return None     # the moved particles' score heads are evaluated again
+
+  def setting_warnings(self, scale: Optional[float], size: int) -> list:
+    return []
+
+
 class ScoreOnly(NamedTuple):
   """Score-only (Feynman–Kac corrector) weights (METHOD.md §4b): no residual, no energy values.
 
@@ -195,6 +255,10 @@ class ScoreOnly(NamedTuple):
       estimate is unbiased, and particles whose Hessians agree get the same estimate, so the
       relative weights carry noise of the Hessians' *differences* only; docs/METHOD.md §4c).
     probes: number of Hutchinson probes per level.
+    scores: ``'gradients'`` (default: ``∇E_i`` by autodiff) or ``'heads'``: each energy's own
+      score head where it has one (``value_and_score``, a two-headed network,
+      :class:`fkdiff.models.HeadEnergy`; docs/METHOD.md §4e) in the rate and the proposal — one
+      forward pass per level, no gradient (unit noise and the Euler proposal only).
     proposal: ``'euler'`` (default: ``x' = x − aΔ∇A(x) + sqrt(aΔ) z``) or ``'shaped'``: the drift
       averaged over ``x`` and the noise-displaced point, ``x' = x + sqrt(aΔ) z −
       (aΔ/2)(∇A(x) + ∇A(x + sqrt(aΔ) z))`` (one more gradient per level): on a Gaussian its mean
@@ -206,6 +270,7 @@ class ScoreOnly(NamedTuple):
   laplacian: str = "auto"
   probes: int = 1
   proposal: str = "euler"
+  scores: str = "gradients"
   estimates_log_z = False
 
   @property
@@ -225,6 +290,12 @@ class ScoreOnly(NamedTuple):
       raise ValueError(f"ScoreOnly.probes must be an int >= 1, got {self.probes!r}.")
     if self.proposal not in ("euler", "shaped"):
       raise ValueError(f"ScoreOnly.proposal must be 'euler' or 'shaped', got {self.proposal!r}.")
+    if self.scores not in ("gradients", "heads"):
+      raise ValueError(f"ScoreOnly.scores must be 'gradients' or 'heads', got {self.scores!r}.")
+    if self.scores == "heads" and (self.noise != "unit" or self.proposal != "euler"):
+      raise ValueError("ScoreOnly(scores='heads') needs noise='unit' and proposal='euler' (matched "
+                       "noise needs the energies' Laplacian, the shaped proposal a second "
+                       "gradient).")
 
   def scales(self, target: Target) -> Tuple[Array, Array]:
     s = target.scale
@@ -248,7 +319,11 @@ class ScoreOnly(NamedTuple):
                key: Optional[Array] = None) -> Evaluation:
     """One particle's evaluation; ``key`` (shared by all particles of a level) draws the
     Hutchinson probes."""
-    e, grads = target.energy_values_and_grads(x, sigma)               # (L,), (L, *event)
+    if self.scores == "heads":
+      e, scores = target.energy_values_and_scores(x, sigma)
+      grads = -scores
+    else:
+      e, grads = target.energy_values_and_grads(x, sigma)             # (L,), (L, *event)
     w = target.weights
     flat = grads.reshape(grads.shape[0], -1)
     g = jnp.tensordot(w, grads, axes=1)                               # ∇A = Σ w_i ∇E_i
@@ -271,8 +346,10 @@ class ScoreOnly(NamedTuple):
             x + var * (-evaluation.grad))
 
   def cached_potential_and_grad(self, target: Target, evaluation: Evaluation):
-    """``(U, ∇A)`` is ``(U, ∇U)`` when the target has no terms."""
-    return (evaluation.potential, evaluation.grad) if target.terms is None else None
+    """``(U, ∇A)`` is ``(U, ∇U)`` when the target has no terms (and the scores are gradients)."""
+    if target.terms is None and self.scores == "gradients":
+      return evaluation.potential, evaluation.grad
+    return None
 
   def evaluation_after_mcmc(self, evaluation: Evaluation, potential: Array, grad: Array):
     return None     # the rate needs every energy's gradient at the new points
@@ -313,7 +390,7 @@ class ScoreOnly(NamedTuple):
     return integral - new.terms + terms
 
 
-Scheme = WeightScheme      # ExactRatio, ScoreOnly, or any object with WeightScheme's methods
+Scheme = WeightScheme      # ExactRatio, HeadRatio, ScoreOnly, or any object with its methods
 # The default of smc_sample / build / SMC: score-only weights with matched noise, the
 # Hessian-shaped proposal and the trapezoid rule (docs/METHOD.md §4c; benchmarks/RESULTS.md
 # "SMC in image dimensions"). ScoreOnly()'s own field defaults are the plain scheme of §4b.

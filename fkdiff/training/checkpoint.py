@@ -202,7 +202,7 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
 # What a stage trains towards besides its architecture: a job reusing a stage's checkpoint must
 # have asked for the same objective. Paths may move; a key the saved run lacks (written before
 # the key existed) is not compared.
-_OBJECTIVE_KEYS = ("seed", "data", "diffusion", "distill", "teacher", "optim")
+_OBJECTIVE_KEYS = ("seed", "data", "diffusion", "distill", "teacher", "optim", "two_head")
 _PATH_KEYS = ("teacher.workdir", "teacher.diffusers", "data.data_dir", "data.image_dir",
               "data.array_file")
 # Keys whose 0 means "resolved at training time" (train.recorded_config writes the value used).

@@ -16,7 +16,7 @@ import ml_collections
 def default_config() -> ml_collections.ConfigDict:
   """All keys a training run understands, with their defaults (toy 2-D ring teacher)."""
   c = ml_collections.ConfigDict()
-  c.task = "teacher"          # 'teacher' (EDM denoiser DSM), 'distill', 'energy_dsm'.
+  c.task = "teacher"          # 'teacher' (EDM denoiser DSM), 'distill', 'energy_dsm', 'two_head'.
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -72,6 +72,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.distill.time_probes = 0         # 'teacher': Rademacher probes of the Hutchinson ∇·s_T; 0:
                                     # the exact trace for examples of ≤ 64 numbers, else 1 probe.
   c.distill.gauge_width = 32        # hidden width of the gauge network b(log σ).
+
+  # 'two_head': one network with a score head and an energy head (fkdiff.losses.two_head,
+  # docs/METHOD.md §4e), trained from the data ('data') or from teacher.workdir ('teacher').
+  c.two_head = ml_collections.ConfigDict()
+  c.two_head.target = "data"
+  c.two_head.energy_weight = 1.0    # w of the energy head's term.
+  c.two_head.time_weight = 0.0      # λ of its time-score term (levels between modes; > 0 adds
+                                    # a gauge network b(σ), width distill.gauge_width).
+  c.two_head.time_probes = 0        # probes of the target's divergence; 0: exact for ≤ 64
+                                    # numbers per example, else 1 probe.
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.sigma_min = 0.002
@@ -144,6 +154,14 @@ def _validate_values(config: ml_collections.ConfigDict) -> None:
                        f"{dist.time_target!r}.")
     if dist.get("time_probes", 1) < 0 or dist.get("gauge_width", 32) < 1:
       raise ValueError("distill.time_probes must be ≥ 0 and distill.gauge_width ≥ 1.")
+  heads = config.get("two_head")
+  if heads is not None:
+    if heads.get("target", "data") not in ("data", "teacher"):
+      raise ValueError(f"two_head.target must be 'data' or 'teacher', got {heads.target!r}.")
+    if not heads.get("energy_weight", 1.0) > 0:
+      raise ValueError(f"two_head.energy_weight must be > 0, got {heads.energy_weight}.")
+    if heads.get("time_weight", 0.0) < 0 or heads.get("time_probes", 0) < 0:
+      raise ValueError("two_head.time_weight and two_head.time_probes must be ≥ 0.")
   data = config.get("data")
   if data is not None and not data.get("sigma_data", 0.0) >= 0:
     raise ValueError(f"data.sigma_data must be ≥ 0 (0: computed from the data), got "

@@ -2,7 +2,8 @@
 
 One loader for every consumer of a trained model (the jobs, the notebooks, the benchmarks)::
 
-  energy_fn, params, sigma_data = fkdiff.load_energy("runs/toy2d_distill")    # 'distill', 'energy_dsm'
+  energy_fn, params, sigma_data = fkdiff.load_energy("runs/toy2d_distill")    # 'distill', 'energy_dsm', 'two_head'
+  heads_fn, params, sigma_data = fkdiff.load_heads("runs/toy2d_two_head")     # 'two_head'
   denoise_fn, params, sigma_data = fkdiff.load_teacher("runs/toy2d_teacher")  # 'teacher'
 
 ``energy_fn(params, x, σ, label=None) -> ()`` and ``denoise_fn(params, x, σ, label=None) -> like x``
@@ -35,7 +36,7 @@ from fkdiff.training import checkpoint
 from fkdiff.training.checkpoint import CheckpointError
 
 TEACHER_TASKS = ("teacher",)
-ENERGY_TASKS = ("distill", "energy_dsm")
+ENERGY_TASKS = ("distill", "energy_dsm", "two_head")
 
 
 class Run(NamedTuple):
@@ -49,6 +50,8 @@ class Run(NamedTuple):
     denoise_fn: ``denoise_fn(params, x, σ, label=None) -> D(x, σ)``, like ``x`` (every task).
     energy_fn: ``energy_fn(params, x, σ, label=None) -> E(x, σ)``, a scalar (energy runs), or
       ``None`` (a teacher).
+    heads_fn: a two-headed run's ``heads_fn(params, x, σ, label=None) -> (E, score head's
+      score)`` from one forward pass (:func:`load_heads`), else ``None``.
   """
   config: ml_collections.ConfigDict
   step: int
@@ -56,6 +59,7 @@ class Run(NamedTuple):
   sigma_data: float
   denoise_fn: Callable
   energy_fn: Optional[Callable]
+  heads_fn: Optional[Callable] = None
 
 
 def data_sigma_data(data_config: ml_collections.ConfigDict) -> float:
@@ -128,12 +132,28 @@ def energy_model(config: ml_collections.ConfigDict, sigma_data: float,
                             config.energy.parameterization, remat=remat)
 
 
+def two_head_model(config: ml_collections.ConfigDict,
+                   sigma_data: float) -> models.TwoHeadModel:
+  """The :class:`~fkdiff.models.TwoHeadModel` of a ``'two_head'`` run's config: its backbone
+  (``model.name``'s) with ``output_heads=2``."""
+  if config.model.name == "diffusers":
+    raise ValueError("task 'two_head' needs a backbone of fkdiff (model.name 'mlp' or 'unet'); an "
+                     "imported diffusers network has one output head.")
+  return models.TwoHeadModel(models.get_backbone(config.model).clone(output_heads=2), sigma_data)
+
+
 def network_fns(config: ml_collections.ConfigDict,
                 sigma_data: float) -> Tuple[Callable, Optional[Callable]]:
   """``(denoise_fn, energy_fn)`` of a run's config (see :class:`Run`; ``energy_fn`` is ``None``
   for a teacher). Deterministic: dropout is off unless a caller passes a ``dropout_key``."""
   if config.task in TEACHER_TASKS:
     return models.make_denoiser(models.get_backbone(config.model), sigma_data), None
+  if config.task == "two_head":
+    model = two_head_model(config, sigma_data)
+    return (lambda params, x, sigma, label=None: models.two_head.energy_denoiser(
+                model, params, x, sigma, label),
+            lambda params, x, sigma, label=None: models.two_head.energy(
+                model, params, x, sigma, label))
   if config.task in ENERGY_TASKS:
     model = energy_model(config, sigma_data)
 
@@ -146,6 +166,16 @@ def network_fns(config: ml_collections.ConfigDict,
     return denoise_fn, energy_fn
   raise ValueError(f"Unknown task {config.task!r} in the run's config; choose one of "
                    f"{TEACHER_TASKS + ENERGY_TASKS}.")
+
+
+def heads_fn(config: ml_collections.ConfigDict, sigma_data: float) -> Optional[Callable]:
+  """A ``'two_head'`` run's ``heads_fn(params, x, σ, label=None) -> (E, score head's score)``
+  (one forward pass), or ``None`` for any other run."""
+  if config.task != "two_head":
+    return None
+  model = two_head_model(config, sigma_data)
+  return lambda params, x, sigma, label=None: models.two_head.heads(model, params, x, sigma,
+                                                                     label)
 
 
 def restore_params(workdir: str, use_ema: bool = True,
@@ -177,7 +207,8 @@ def load(workdir: str, use_ema: bool = True,
   sigma_data = run_sigma_data(workdir, config)
   denoise_fn, energy_fn = network_fns(config, sigma_data)
   params, step = restore_params(workdir, use_ema, sharding)
-  return Run(config, step, params, sigma_data, denoise_fn, energy_fn)
+  return Run(config, step, params, sigma_data, denoise_fn, energy_fn,
+             heads_fn(config, sigma_data))
 
 
 def stage_runs(workdir: str) -> list:
@@ -218,6 +249,23 @@ def load_energy(workdir: str, use_ema: bool = True) -> Tuple[Callable, Any, floa
               "load_energy loads energy runs (tasks 'distill', 'energy_dsm'): use load_teacher")
   run = load(workdir, use_ema)
   return run.energy_fn, run.params, run.sigma_data
+
+
+def load_heads(workdir: str, use_ema: bool = True) -> Tuple[Callable, Any, float]:
+  """``(heads_fn, params, sigma_data)`` of a ``'two_head'`` run, with
+  ``heads_fn(params, x, σ, label=None) -> (E, score)`` for one example: the energy head's value
+  and the score head's score from one forward pass. Bind it with
+  ``fkdiff.models.HeadEnergy(functools.partial(heads_fn, params))`` for
+  :class:`~fkdiff.sampling.HeadRatio` SMC (:func:`load_energy` gives the energy head alone).
+
+  Raises:
+    CheckpointError: a missing or unreadable run (see :func:`load`).
+    ValueError: the run is not a two-headed one.
+  """
+  _check_task(workdir, read_run_config(workdir), ("two_head",),
+              "load_heads loads runs of task 'two_head': use load_energy or load_teacher")
+  run = load(workdir, use_ema)
+  return run.heads_fn, run.params, run.sigma_data
 
 
 def load_teacher(workdir: str, use_ema: bool = True) -> Tuple[Callable, Any, float]:

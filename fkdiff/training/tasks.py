@@ -280,7 +280,47 @@ def distill_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
               lambda p, x, s: energy_fn(p, x, s), frozen=teacher_params, sigma_data=sigma_data)
 
 
-_TASKS = {"teacher": teacher_task, "distill": distill_task, "energy_dsm": energy_dsm_task}
+def two_head_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
+  """One network with a score head and an energy head (:mod:`fkdiff.models.two_head`), trained
+  jointly (:mod:`fkdiff.losses.two_head`) from the data (``two_head.target = 'data'``: no teacher)
+  or from the frozen teacher of ``teacher.workdir`` (``'teacher'``; its σ_d, as distillation).
+
+  Its ``denoise_fn`` (sampling and the score error of the trainer's evaluation) is the energy
+  head's Tweedie denoiser ``x − σ²∇E``, as for every energy run, so its figures compare with a
+  distilled energy's; the score head is the SMC proposal's (:class:`fkdiff.sampling.HeadRatio`).
+  """
+  h = config.two_head
+  teacher_denoise, teacher_params, sigma_data = (frozen_teacher(config) if h.target == "teacher"
+                                                 else (None, None, data.sigma_data))
+  model = runs.two_head_model(config, sigma_data)
+  d = config.diffusion
+  heads_fn = functools.partial(models.two_head.apply_heads, model)
+  time_weight = float(h.get("time_weight", 0.0))
+  gauge = models.Gauge(int(config.distill.gauge_width)) if time_weight > 0 else None
+  probes = int(h.get("time_probes", 0)) or (0 if math.prod(data.event_shape) <= 64 else 1)
+
+  def init_params(key):
+    params = model.init(key, jnp.zeros(data.event_shape), jnp.ones(()))
+    if gauge is not None:   # b(σ) beside the network's parameters (ignored by model.apply).
+      params = {**params, "gauge": gauge.init(jax.random.fold_in(key, 1), jnp.ones(()))}
+    return params
+
+  def loss_fn(params, batch, key, frozen):
+    teacher = (None if frozen is None
+               else lambda x, s, label=None: teacher_denoise(frozen, x, s, label))
+    loss = losses.make_two_head_loss(
+        heads_fn, sigma_data, d.p_mean, d.p_std, h.energy_weight, h.target, teacher,
+        time_weight, None if gauge is None else lambda p, s: gauge.apply(p["gauge"], s), probes)
+    return loss(params, batch, key, loss_dropout_key(key, config))
+
+  return Task(init_params, with_label_dropout(loss_fn, config),
+              lambda p, x, s: models.two_head.energy_denoiser(model, p, x, s),
+              lambda p, x, s: models.two_head.energy(model, p, x, s), frozen=teacher_params,
+              sigma_data=sigma_data)
+
+
+_TASKS = {"teacher": teacher_task, "distill": distill_task, "energy_dsm": energy_dsm_task,
+          "two_head": two_head_task}
 
 
 def build_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
