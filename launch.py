@@ -14,6 +14,7 @@ shows their traceback. Any other exception is a bug and keeps its traceback.
 
 import contextlib
 import difflib
+import logging as std_logging
 import os
 import sys
 
@@ -162,6 +163,9 @@ def input_errors_as_messages(verbose: bool):
   except Exception as e:  # pylint: disable=broad-except
     if verbose or not is_input_error(e):
       raise
+    # The run is over: pending asynchronous reads of a failed orbax restore would each log the
+    # same failure as "Task exception was never retrieved" when collected at exit.
+    std_logging.getLogger("asyncio").disabled = True
     fail(f"{type(e).__name__}: {e}\n(Run with --verbose for the traceback.)")
 
 
