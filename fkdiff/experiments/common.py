@@ -136,7 +136,7 @@ def source_sampler(sampler: ml_collections.ConfigDict,
 def two_head_training(teacher: ml_collections.ConfigDict,
                       two_head: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The training config of a job's two-headed source: the teachers' settings ``teacher`` with
-  task ``'two_head'`` from the data and ``two_head``'s steps and energy weight."""
+  task ``'two_head'`` from the data and ``two_head``'s steps, energy weight and time weight."""
   c = ml_collections.ConfigDict(teacher.to_dict())
   c.task = "two_head"
   c.two_head.target = "data"

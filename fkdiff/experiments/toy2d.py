@@ -354,13 +354,13 @@ def run_problems(config, workdir: str, distilled: Dict[str, Dict[str, common.Loa
                      "exact_log_Z": truth.log_z}
     for source in config.energies:
       potential, params = problem_potential(problem, config, sources[source])
+      sampler = (common.source_sampler(config.sampler, config.two_head.sampler)
+                 if source == "two_head" else config.sampler)
       if source in TRAINED:
         results[problem][f"floor/{source}"] = model_floor(potential(params), truth, sigma_k)
       for method in _methods_for(source, config):
         start = time.perf_counter()
         key, k_run, k_eval = jax.random.split(key, 3)
-        sampler = (common.source_sampler(config.sampler, config.two_head.sampler)
-                   if source == "two_head" else config.sampler)
         seed_runs = run_method(method, jax.random.split(k_run, config.eval.num_seeds),
                                potential, params, config, sampler)
         per_seed = []

@@ -40,7 +40,7 @@ def make_two_head_loss(heads_fn: Callable, sigma_data: float, p_mean: float = -1
 
   Args:
     heads_fn: ``(params, x, σ, label, dropout_key) -> (E: (), D_F: like x)`` per example (e.g.
-      ``model.apply`` through :func:`fkdiff.models.two_head.heads`' ``_apply``).
+      :func:`fkdiff.models.two_head.apply_heads` bound to its model).
     sigma_data: σ_d of the loss weight ``λ(σ)``.
     p_mean, p_std: log-normal σ sampling (EDM).
     energy_weight: ``w``, the energy head's term.

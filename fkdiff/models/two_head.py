@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from fkdiff.diffusion import edm
+from fkdiff.models.energy import _call_backbone
 
 Array = jax.Array
 
@@ -45,10 +46,7 @@ class TwoHeadModel(nn.Module):
     """``x``: one example, any event shape; ``sigma``: scalar; returns ``(E: (), D: like x)``."""
     p = edm.preconditioning(sigma, self.sigma_data)
     y = p.c_in * x
-    if deterministic:
-      out = self.backbone(y, p.c_noise, label)
-    else:
-      out = self.backbone(y, p.c_noise, label, deterministic=False)
+    out = _call_backbone(self.backbone, y, p.c_noise, label, deterministic)
     if out.shape[-1] != 2 * y.shape[-1]:
       raise ValueError(f"TwoHeadModel's backbone must output 2 heads ({2 * y.shape[-1]} numbers "
                        f"on the last axis for an input of {y.shape[-1]}), got {out.shape[-1]}: "
@@ -81,12 +79,6 @@ def energy(model: TwoHeadModel, params: Any, x: Array, sigma: Array,
            label: Optional[Array] = None, dropout_key: Optional[Array] = None) -> Array:
   """The energy head ``E(x, σ[, label])``: ``()``."""
   return apply_heads(model, params, x, sigma, label, dropout_key)[0]
-
-
-def head_denoiser(model: TwoHeadModel, params: Any, x: Array, sigma: Array,
-                  label: Optional[Array] = None, dropout_key: Optional[Array] = None) -> Array:
-  """The score head's denoiser ``D = c_skip x + c_out F``, like ``x``."""
-  return apply_heads(model, params, x, sigma, label, dropout_key)[1]
 
 
 def energy_denoiser(model: TwoHeadModel, params: Any, x: Array, sigma: Array,

@@ -175,9 +175,8 @@ def rejuvenation(kernel: str = "mala", num_steps: int = 1,
   if drift == "heads" and kernel != "mala":
     raise ValueError(f"drift='heads' works with the 'mala' kernel only, got {kernel!r} (HMC's "
                      "leapfrog needs the potential's gradient).")
-  kern = get_kernel(kernel, num_leapfrog)
-  if drift == "heads":
-    kern = functools.partial(mala_kernel, init_fn=init_along_drift)
+  kern = (functools.partial(mala_kernel, init_fn=init_along_drift) if drift == "heads"
+          else get_kernel(kernel, num_leapfrog))
   step_size_fn = resolve_step_size(step_size)
   if not isinstance(num_steps, int) or num_steps < 1:
     raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}.")

@@ -210,8 +210,9 @@ def diffusers_teacher(config: ml_collections.ConfigDict):
 
 
 def _time_probes(dist: ml_collections.ConfigDict, data: DataSource) -> int:
-  """Hutchinson probes of the teacher's divergence: ``distill.time_probes``, or with 0 the exact
-  trace (0) for examples of ≤ 64 numbers and 1 probe for larger ones."""
+  """Hutchinson probes of the time target's divergence: ``dist.time_probes`` (``distill`` or
+  ``two_head``), or with 0 the exact trace (0) for examples of ≤ 64 numbers and 1 probe for
+  larger ones."""
   if int(dist.time_probes) > 0:
     return int(dist.time_probes)
   return 0 if math.prod(data.event_shape) <= 64 else 1
@@ -297,7 +298,7 @@ def two_head_task(config: ml_collections.ConfigDict, data: DataSource) -> Task:
   heads_fn = functools.partial(models.two_head.apply_heads, model)
   time_weight = float(h.get("time_weight", 0.0))
   gauge = models.Gauge(int(config.distill.gauge_width)) if time_weight > 0 else None
-  probes = int(h.get("time_probes", 0)) or (0 if math.prod(data.event_shape) <= 64 else 1)
+  probes = _time_probes(h, data)
 
   def init_params(key):
     params = model.init(key, jnp.zeros(data.event_shape), jnp.ones(()))
