@@ -15,6 +15,8 @@ Launch:
   python launch.py --config=configs/digits.py --workdir=runs/digits
   python launch.py --config=configs/digits.py:smoke --workdir=runs/digits_smoke
   python launch.py --config=configs/digits.py:demo --workdir=runs/digits_demo   # notebook models
+  cp -r colabs/digits_demo runs/digits_two_head &&
+    python launch.py --config=configs/digits.py:two_head --workdir=runs/digits_two_head
 
 Outputs in the workdir: results.json / results.txt, sample grids (one row per condition),
 teachers/, energies/, classifier/ (reused on relaunch), TensorBoard scalars.
@@ -32,10 +34,13 @@ from fkdiff.training.config import config_module
 
 
 def get_config(variant: str = ""):
-  if variant not in ("", "smoke", "demo", "consistent"):
-    raise ValueError(f"Unknown variant {variant!r}; use '', 'smoke', 'demo' or 'consistent'.")
+  variants = ("", "smoke", "demo", "consistent", "two_head")
+  if variant not in variants:
+    raise ValueError(f"Unknown variant {variant!r}; use one of {variants}.")
   if variant == "consistent":
     return _consistent()
+  if variant == "two_head":
+    return _two_head()
   if variant == "demo":
     return _demo()
   smoke = variant == "smoke"
@@ -93,4 +98,24 @@ def _consistent():
   c.problems = ("low_temperature",)
   c.low_temperature.betas = (1.0,)
   c.low_temperature.methods = ("smc_score", "smc_ratio")
+  return c
+
+
+def _two_head():
+  """Two-headed networks (docs/METHOD.md §4e: one network per model with a score head and an
+  energy head, trained from the data with no teacher, the demo teachers' U-Net, data, optimiser
+  and 3,000 steps) beside the demo's distilled energies, 640 samples per row (64 per digit), 32
+  levels: β = 1 (the plain reverse sampler on each source, and SMC along the score heads), β = 2
+  and AND (exact-ratio SMC on the distilled energies, ``smc_heads`` on the two-headed ones, both
+  without rejuvenation: one forward pass per particle and level on the heads). Copy
+  ``colabs/digits_demo`` to the workdir first (its teachers and energies are reused; only
+  ``two_head/`` trains), then
+  ``python launch.py --config=configs/digits.py:two_head --workdir=runs/digits_two_head``."""
+  c = _demo()
+  c.energies = ("learned", "two_head")
+  c.sampler.num_samples = 64
+  c.low_temperature.betas = (1.0, 2.0)
+  c.low_temperature.methods = ("naive", "smc_ratio")
+  c.conjunction.methods = ("naive", "smc_ratio")
+  c.two_head.methods = ("naive", "smc_heads")
   return c

@@ -190,8 +190,11 @@ def _smoke_config(data_dir):
   config.low_temperature.methods = ("smc_score", "cfg")
   config.conjunction.methods = ("smc_ratio",)
   # Time-consistent energies beside the plain ones: their own stages, rows for SMC methods only.
-  config.energies = ("learned", "consistent")
+  config.energies = ("learned", "consistent", "two_head")
   config.consistent.num_steps = config.distill.training.num_steps
+  # Two-headed networks from the data (no teacher): SMC along their score heads.
+  config.two_head.num_steps = config.teacher.training.num_steps
+  config.two_head.methods = ("smc_heads",)
   return config
 
 
@@ -230,6 +233,14 @@ def test_smoke_job_writes_every_task_and_method(smoke_job):
     assert "smc_score/consistent" in rows and "cfg/consistent" not in rows, sorted(rows)
     assert rows["smc_score/consistent"] != rows["smc_score"]
   assert "smc_ratio/consistent" in results["and"]["heavy"]
+  # The two_head source: its own networks, its methods' rows only, on every problem.
+  for name in digits.MODELS:
+    assert (run / "two_head" / name / "checkpoints").is_dir()
+  for rows in [results["low_temperature"][f"beta{b:g}"] for b in config.low_temperature.betas
+               ] + [results["and"]["heavy"]]:
+    heads = [r for r in rows if r.endswith("/two_head")]
+    assert heads == ["smc_heads/two_head"], sorted(rows)
+    assert np.isfinite(rows["smc_heads/two_head"]["frechet"]), rows["smc_heads/two_head"]
 
 
 @pytest.mark.slow
@@ -240,6 +251,8 @@ def test_smoke_job_counts_network_calls_and_draws_from_independent_runs(smoke_jo
   and_row = results["and"]["heavy"]["smc_ratio"]
   assert smc_row["nfe_per_sample"] == s.particles_per_run * 1 * s.num_steps
   assert and_row["nfe_per_sample"] == s.particles_per_run * 3 * s.num_steps
+  heads_row = results["and"]["heavy"]["smc_heads/two_head"]   # one forward pass per label
+  assert heads_row["nfe_per_sample"] == s.particles_per_run * 3 * s.num_steps
   assert results["low_temperature"]["beta3"]["cfg"]["nfe_per_sample"] == 2 * (s.num_steps - 1)
   for row in (smc_row, and_row):
     assert 0 < row["ess_min_fraction"] <= 1 and 0 < row["set_unique"] <= 1, row
@@ -253,8 +266,8 @@ def test_smoke_job_relaunch_reuses_every_stage(smoke_job, capsys):
   capsys.readouterr()
   digits.run(config, str(smoke_job.run))
   out = capsys.readouterr().out
-  # Two teachers, two plain and two time-consistent energies.
-  assert out.count("reusing its checkpoint") == 6 and "training" not in out
+  # Two teachers, two plain and two time-consistent energies, two two-headed networks.
+  assert out.count("reusing its checkpoint") == 8 and "training" not in out
 
 
 @pytest.mark.slow

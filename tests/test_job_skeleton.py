@@ -49,6 +49,28 @@ def test_both_jobs_refuse_a_bad_shared_sampler_key(key, value, message):
       job.validate_job_config(config)
 
 
+def test_each_energy_source_runs_its_own_methods_in_both_jobs():
+  """Distilled sources run the problem's methods (``consistent``: those of its list); the
+  two-headed source runs its own list, where the problem has the method; both jobs refuse a
+  two_head method they do not have."""
+  config = digits.job_config()
+  config.two_head.methods = ("cfg", "smc_heads", "naive")
+  lt, conj = config.low_temperature.methods, config.conjunction.methods
+  assert common.source_methods("learned", lt, config, digits.LOW_TEMPERATURE_METHODS) == list(lt)
+  assert common.source_methods("two_head", lt, config, digits.LOW_TEMPERATURE_METHODS) == [
+      "cfg", "smc_heads", "naive"]
+  assert common.source_methods("two_head", conj, config, digits.AND_METHODS) == ["smc_heads",
+                                                                                "naive"]
+  config.consistent.methods = ("smc_ratio",)
+  assert common.source_methods("consistent", lt, config, digits.LOW_TEMPERATURE_METHODS) == [
+      "smc_ratio"]
+  for job in (toy2d, digits):
+    config = job.job_config()
+    config.two_head.methods = ("smc_heads", "fkc")
+    with pytest.raises(ValueError, match="Unknown two_head method 'fkc'"):
+      job.validate_job_config(config)
+
+
 def test_nfe_counts_each_schemes_evaluations_and_the_rejuvenation():
   """Per particle: levels × the scheme's evaluations per level, plus per resampling event the
   MCMC steps (HMC: its leapfrogs) and the scheme's re-evaluation (none for exact ratio)."""

@@ -133,6 +133,19 @@ def source_sampler(sampler: ml_collections.ConfigDict,
   return s
 
 
+def source_methods(source: str, methods: Sequence[str], config: ml_collections.ConfigDict,
+                   valid: Sequence[str]) -> List[str]:
+  """The methods a job runs on the energy source ``source`` for a problem whose method list is
+  ``methods``: on ``two_head``, its own ``config.two_head.methods`` (those in ``valid``, the
+  problem's methods, e.g. a ``cfg`` row only where it is one); on ``consistent``, those of
+  ``methods`` in ``config.consistent.methods``; on any other source, ``methods``."""
+  if source == "two_head":
+    return [m for m in config.two_head.methods if m in valid]
+  if source == "consistent":
+    return [m for m in methods if m in config.consistent.methods]
+  return list(methods)
+
+
 def two_head_training(teacher: ml_collections.ConfigDict,
                       two_head: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The training config of a job's two-headed source: the teachers' settings ``teacher`` with

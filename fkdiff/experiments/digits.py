@@ -5,7 +5,10 @@ Stages (each reused when finished; an interrupted one resumes from its checkpoin
      ``class`` (the digit, 10 classes) and ``stroke`` (the binary attribute "heavy stroke": mean
      ink above the train median), in ``<workdir>/teachers/<name>``;
   2. an energy distilled from each, ``<workdir>/energies/<name>``: one network gives
-     ``E(x, σ | c)`` and ``E(x, σ | ∅)``;
+     ``E(x, σ | c)`` and ``E(x, σ | ∅)`` (``consistent`` source: time-consistent distillation,
+     ``energies_consistent/<name>``); with the ``two_head`` source, a two-headed network per model
+     (score and energy heads, docs/METHOD.md §4e) trained from the data with no teacher,
+     ``<workdir>/two_head/<name>``, on which only ``two_head.methods`` run;
   3. a small CNN classifier of the digits (``<workdir>/classifier``), the judge of adherence and
      the feature space of a Fréchet distance (the digits' stand-in for Inception / FID);
   4. sampling, ``num_samples`` samples per condition (conditions vmapped), every method on the
@@ -45,6 +48,7 @@ scalars.
 
 import json
 import os
+import time
 from typing import Callable, Dict, NamedTuple
 
 import jax
@@ -63,7 +67,8 @@ from fkdiff.training.config import default_config, validate_config
 
 PROBLEMS = ("low_temperature", "and")
 SMC_METHODS = common.SMC_METHODS   # score-only / exact-ratio weights / smc_sample's default
-SOURCES = ("learned", "consistent")         # plain / time-consistent distilled energies
+SOURCES = ("learned", "consistent", "two_head")   # plain / time-consistent distilled energies,
+                                                  # two-headed networks (no teacher)
 LOW_TEMPERATURE_METHODS = SMC_METHODS + ("naive", "cfg")
 AND_METHODS = SMC_METHODS + ("naive",)
 SMC_MODES = ("runs", "set")
@@ -90,6 +95,10 @@ def job_config() -> ml_collections.ConfigDict:
   c.consistent.time_probes = 1    # Hutchinson probes of the teacher's divergence (d = 64).
   c.consistent.num_steps = 800
   c.consistent.methods = common.ENERGY_SMC_METHODS   # run on it (the others ignore levels).
+  # The 'two_head' source: one network per model with a score head and an energy head, trained
+  # from the data with no teacher (docs/METHOD.md §4e), the teachers' network, data and
+  # optimiser; its rows are '<method>/two_head', for the methods listed here.
+  c.two_head = common.two_head_section(num_steps=3000)
   c.low_temperature = ml_collections.ConfigDict()
   c.low_temperature.classes = tuple(range(10))
   c.low_temperature.betas = (1.0, 2.0, 4.0)
@@ -114,14 +123,17 @@ def job_config() -> ml_collections.ConfigDict:
 def validate_job_config(config: ml_collections.ConfigDict) -> None:
   """Unknown keys, problems, methods or classes: a ``ValueError`` naming them."""
   common.check_known_keys(config, job_config(), "digits", ("low_temperature", "conjunction",
-                                                          "consistent", "sampler", "classifier",
-                                                          "eval"))
+                                                          "consistent", "two_head", "sampler",
+                                                          "classifier", "eval"))
   validate_config(config.teacher)
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
+  validate_config(common.two_head_training(config.teacher, config.two_head))
+  common.source_sampler(config.sampler, config.two_head.sampler)
   for kind, names, valid in (("problem", config.problems, PROBLEMS),
                              ("energy source", config.energies, SOURCES),
                              ("consistent method", config.consistent.methods, SMC_METHODS),
+                             ("two_head method", config.two_head.methods, LOW_TEMPERATURE_METHODS),
                              ("low_temperature method", config.low_temperature.methods,
                               LOW_TEMPERATURE_METHODS),
                              ("conjunction method", config.conjunction.methods, AND_METHODS),
@@ -420,41 +432,54 @@ def evaluate(sampler: Callable, params, key, problem: str, beta: float, classes,
 
 def run_problems(config, workdir: str, sources: Dict[str, Dict[str, common.LoadedEnergy]], judge,
               train) -> dict:
-  """Stage 4: every problem × β × method × energy source (``sources``: ``{source: energies}``);
+  """Stage 4: every problem × β × method × energy source (``sources``: ``{source: energies}``;
+  the methods of each source: :func:`fkdiff.experiments.common.source_methods`; the
+  ``two_head`` source's rows on the sampler section with ``two_head.sampler``'s overrides);
   returns the nested results dict (method keys ``<method>`` for ``learned``,
-  ``<method>/<source>`` otherwise) and writes grids."""
+  ``<method>/<source>`` otherwise), writes grids and prints a line per row with an ETA."""
   threshold = images.heavy_stroke_threshold(config.data_dir or None)
   reference = make_reference(judge, train, threshold)
   event_shape = tuple(train["x"].shape[1:])
   key = jax.random.key(config.seed)
   results = {"classifier_test_accuracy": judge.test_accuracy, "heavy_threshold": threshold}
-  settings = []
+  settings = []   # (problem, β, classes, the problem's methods, its valid methods)
   if "low_temperature" in config.problems:
-    classes = tuple(config.low_temperature.classes)
-    settings += [("low_temperature", m, b, classes) for b in config.low_temperature.betas
-                 for m in config.low_temperature.methods]
+    settings += [("low_temperature", b, tuple(config.low_temperature.classes),
+                  config.low_temperature.methods, LOW_TEMPERATURE_METHODS)
+                 for b in config.low_temperature.betas]
   if "and" in config.problems:
-    settings += [("and", m, 1.0, tuple(config.conjunction.classes))
-                 for m in config.conjunction.methods]
-  for source, energies in sources.items():
-    params = {name: e.params for name, e in energies.items()}
-    pots = potentials(energies)
-    samplers = {}
-    for problem, method, beta, classes in settings:
-      if source != "learned" and method not in config.consistent.methods:
-        continue
-      if (problem, method) not in samplers:
-        samplers[problem, method] = make_sampler(method, pots[problem, method], config, event_shape)
-      key, k_run = jax.random.split(key)
-      samples, metrics, _ = evaluate(samplers[problem, method], params, k_run, problem, beta,
-                                     classes, judge, reference)
-      name = f"beta{beta:g}" if problem == "low_temperature" else "heavy"
-      row = method if source == "learned" else f"{method}/{source}"
-      results.setdefault(problem, {}).setdefault(name, {})[row] = metrics
-      grid = samples[:, :config.eval.grid_samples]
-      plots.save_image_grid(np.clip(grid.reshape(-1, *event_shape), -1, 1),
-                            os.path.join(workdir, f"{problem}_{name}_{row.replace('/', '_')}.png"),
-                            columns=grid.shape[1])
+    settings += [("and", 1.0, tuple(config.conjunction.classes), config.conjunction.methods,
+                  AND_METHODS)]
+  rows = [(source, problem, method, beta, classes) for source in sources
+          for problem, beta, classes, methods, valid in settings
+          for method in common.source_methods(source, methods, config, valid)]
+  phase_start = time.perf_counter()
+  samplers = {}
+  for done, (source, problem, method, beta, classes) in enumerate(rows, 1):
+    energies = sources[source]
+    if (source, problem, method) not in samplers:
+      source_config = ml_collections.ConfigDict(config.to_dict())
+      if source == "two_head":
+        source_config.sampler = common.source_sampler(config.sampler, config.two_head.sampler)
+      samplers[source, problem, method] = make_sampler(
+          method, potentials(energies)[problem, method], source_config, event_shape)
+    start = time.perf_counter()
+    key, k_run = jax.random.split(key)
+    samples, metrics, _ = evaluate(samplers[source, problem, method],
+                                   {name: e.params for name, e in energies.items()}, k_run,
+                                   problem, beta, classes, judge, reference)
+    name = f"beta{beta:g}" if problem == "low_temperature" else "heavy"
+    row = method if source == "learned" else f"{method}/{source}"
+    results.setdefault(problem, {}).setdefault(name, {})[row] = metrics
+    grid = samples[:, :config.eval.grid_samples]
+    plots.save_image_grid(np.clip(grid.reshape(-1, *event_shape), -1, 1),
+                          os.path.join(workdir, f"{problem}_{name}_{row.replace('/', '_')}.png"),
+                          columns=grid.shape[1])
+    now = time.perf_counter()
+    eta = (now - phase_start) / done * (len(rows) - done)
+    print(f"Sampled [{done}/{len(rows)}, ETA {eta / 60:.1f} min] {problem} {name} {row}: "
+          f"{now - start:.0f} s, adherence {metrics['adherence']:.3f}, Fréchet "
+          f"{metrics['frechet']:.1f}", flush=True)
   return results
 
 

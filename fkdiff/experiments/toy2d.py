@@ -312,9 +312,7 @@ def model_floor(target, truth: Truth, sigma) -> dict:
 
 
 def _methods_for(source: str, config) -> list:
-  if source == "two_head":
-    return list(config.two_head.methods)
-  return [m for m in config.methods if source != "consistent" or m in config.consistent.methods]
+  return common.source_methods(source, config.methods, config, METHODS)
 
 
 def _progress_line(problem, method, source, metrics, config, start, done, total,
