@@ -1,6 +1,6 @@
 """Training cost of a two-headed network vs teacher + distillation, to equal score error (issue 28).
 
-  python benchmarks/two_head_training.py                          # ~12 minutes on a 2-core CPU
+  python benchmarks/two_head_training.py                          # ~6 minutes on a 2-core CPU
   python benchmarks/two_head_training.py --dataset ring --steps 6000,9000,12000
 
 One dataset of the toy job (``configs/toy2d.py:full``'s settings): its teacher (3,000 steps) then

@@ -69,6 +69,20 @@ def test_each_energy_source_runs_its_own_methods_in_both_jobs():
     config.two_head.methods = ("smc_heads", "fkc")
     with pytest.raises(ValueError, match="Unknown two_head method 'fkc'"):
       job.validate_job_config(config)
+    config.two_head.methods = ("smc_heads",)
+    config.two_head.sampler = {"rejuvenations": ""}
+    with pytest.raises(ValueError, match="Unknown sampler key 'rejuvenations' in two_head"):
+      job.validate_job_config(config)
+    config.two_head.sampler = {"rejuvenation": "ula"}
+    with pytest.raises(ValueError, match="Unknown sampler.rejuvenation 'ula'"):
+      job.validate_job_config(config)
+  # Only the two-headed source's rows take its overrides; they leave the job's section as it is.
+  config = digits.job_config()
+  config.two_head.sampler = {"rejuvenation": ""}
+  config.sampler.rejuvenation = "mala"
+  assert common.source_sampler("learned", config) is config.sampler
+  assert common.source_sampler("two_head", config).rejuvenation == ""
+  assert config.sampler.rejuvenation == "mala"
 
 
 def test_nfe_counts_each_schemes_evaluations_and_the_rejuvenation():

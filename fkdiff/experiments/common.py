@@ -119,10 +119,15 @@ def two_head_section(**overrides) -> ml_collections.ConfigDict:
   return c
 
 
-def source_sampler(sampler: ml_collections.ConfigDict,
-                   overrides: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A job's sampler section with an energy source's ``overrides`` (each a key of the section:
-  a ``ValueError`` names one that is not), validated."""
+def source_sampler(source: str,
+                   config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The sampler section a job's rows on the energy source ``source`` run with: ``config.sampler``,
+  and on ``two_head`` a validated copy with ``config.two_head.sampler``'s overrides (each a key of
+  the section: a ``ValueError`` names one that is not)."""
+  sampler = config.sampler
+  if source != "two_head":
+    return sampler
+  overrides = config.two_head.sampler
   unknown = [k for k in overrides.keys() if k not in sampler]
   if unknown:
     raise ValueError(f"Unknown sampler key {unknown[0]!r} in two_head.sampler; valid: "

@@ -129,7 +129,7 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
   validate_config(common.two_head_training(config.teacher, config.two_head))
-  common.source_sampler(config.sampler, config.two_head.sampler)
+  common.source_sampler("two_head", config)
   for kind, names, valid in (("problem", config.problems, PROBLEMS),
                              ("energy source", config.energies, SOURCES),
                              ("consistent method", config.consistent.methods, SMC_METHODS),
@@ -453,21 +453,25 @@ def run_problems(config, workdir: str, sources: Dict[str, Dict[str, common.Loade
   rows = [(source, problem, method, beta, classes) for source in sources
           for problem, beta, classes, methods, valid in settings
           for method in common.source_methods(source, methods, config, valid)]
+  per_source = {}   # source -> (its config: its sampler section; its potentials; its params)
+  for source, energies in sources.items():
+    source_config = config
+    if source == "two_head":
+      source_config = ml_collections.ConfigDict(config.to_dict())
+      source_config.sampler = common.source_sampler(source, config)
+    per_source[source] = (source_config, potentials(energies),
+                          {name: e.params for name, e in energies.items()})
   phase_start = time.perf_counter()
   samplers = {}
   for done, (source, problem, method, beta, classes) in enumerate(rows, 1):
-    energies = sources[source]
+    source_config, pots, params = per_source[source]
     if (source, problem, method) not in samplers:
-      source_config = ml_collections.ConfigDict(config.to_dict())
-      if source == "two_head":
-        source_config.sampler = common.source_sampler(config.sampler, config.two_head.sampler)
-      samplers[source, problem, method] = make_sampler(
-          method, potentials(energies)[problem, method], source_config, event_shape)
+      samplers[source, problem, method] = make_sampler(method, pots[problem, method],
+                                                       source_config, event_shape)
     start = time.perf_counter()
     key, k_run = jax.random.split(key)
-    samples, metrics, _ = evaluate(samplers[source, problem, method],
-                                   {name: e.params for name, e in energies.items()}, k_run,
-                                   problem, beta, classes, judge, reference)
+    samples, metrics, _ = evaluate(samplers[source, problem, method], params, k_run, problem,
+                                   beta, classes, judge, reference)
     name = f"beta{beta:g}" if problem == "low_temperature" else "heavy"
     row = method if source == "learned" else f"{method}/{source}"
     results.setdefault(problem, {}).setdefault(name, {})[row] = metrics

@@ -107,7 +107,7 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
   validate_config(common.two_head_training(config.teacher, config.two_head))
-  common.source_sampler(config.sampler, config.two_head.sampler)
+  common.source_sampler("two_head", config)
   common.validate_sampler(config.sampler)
   for kind, names, valid in (("problem", config.problems, PROBLEMS),
                              ("method", config.methods, METHODS),
@@ -352,8 +352,7 @@ def run_problems(config, workdir: str, distilled: Dict[str, Dict[str, common.Loa
                      "exact_log_Z": truth.log_z}
     for source in config.energies:
       potential, params = problem_potential(problem, config, sources[source])
-      sampler = (common.source_sampler(config.sampler, config.two_head.sampler)
-                 if source == "two_head" else config.sampler)
+      sampler = common.source_sampler(source, config)
       if source in TRAINED:
         results[problem][f"floor/{source}"] = model_floor(potential(params), truth, sigma_k)
       for method in _methods_for(source, config):
