@@ -3,8 +3,9 @@
 Config fields can be overridden on the command line, e.g. ``--config.training.num_steps=100``;
 unknown keys and wrongly typed values are rejected. The config names its job: ``job = 'toy2d'``
 (:mod:`fkdiff.experiments.toy2d`), ``'digits'`` (:mod:`fkdiff.experiments.digits`), ``'fid'`` (:mod:`fkdiff.experiments.fid`),
-``'highdim'`` (:mod:`fkdiff.experiments.highdim`), ``'imported'`` (:mod:`fkdiff.experiments.imported`,
-an imported diffusers teacher); without ``job``, one training run
+``'highdim'`` (:mod:`fkdiff.experiments.highdim`), ``'standin'`` (:mod:`fkdiff.experiments.standin`,
+learned energies on high-dimensional stand-ins with exact answers), ``'imported'``
+(:mod:`fkdiff.experiments.imported`, an imported diffusers teacher); without ``job``, one training run
 (:func:`fkdiff.training.train_and_evaluate`).
 
 Errors: the library's own errors about its input (a bad config, an unreadable checkpoint, a missing
@@ -14,6 +15,7 @@ shows their traceback. Any other exception is a bug and keeps its traceback.
 
 import contextlib
 import difflib
+import importlib
 import logging as std_logging
 import os
 import sys
@@ -44,6 +46,10 @@ _FKDIFF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fkdiff")
 # count as its own only when raised by its code (a ValueError inside JAX is a bug to report).
 _INPUT_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
+# config.job -> the module of fkdiff.experiments whose run(config, workdir) runs it.
+JOBS = {"toy2d": "toy2d", "digits": "digits", "fid": "fid", "highdim": "highdim",
+        "standin": "standin", "imported": "imported"}
+
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the job named by ``config.job`` (a training run without one) in ``workdir``; returns
@@ -51,21 +57,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   import jax
   logging.info("JAX devices: %s", jax.devices())
   job = config.get("job")
-  if job == "toy2d":
-    from fkdiff.experiments import toy2d
-    return toy2d.run(config, workdir)
-  if job == "digits":
-    from fkdiff.experiments import digits
-    return digits.run(config, workdir)
-  if job == "fid":
-    from fkdiff.experiments import fid
-    return fid.run(config, workdir)
-  if job == "highdim":
-    from fkdiff.experiments import highdim
-    return highdim.run(config, workdir)
-  if job == "imported":
-    from fkdiff.experiments import imported
-    return imported.run(config, workdir)
+  if job in JOBS:
+    return importlib.import_module(f"fkdiff.experiments.{JOBS[job]}").run(config, workdir)
   from fkdiff.training import train_and_evaluate
   results = train_and_evaluate(config, workdir)
   print(results, flush=True)

@@ -46,6 +46,21 @@ def smoke_schedule(config, *, num_steps: int, checkpoint_every: int, log_every: 
   return config
 
 
+def mlp_stages(stages, smoke: bool, width: int, depth: int, num_samples: int) -> None:
+  """The vector jobs' (toy2d, standin) teacher and distillation stages: an MLP of ``width`` and
+  ``depth`` (smoke: 32 × 1, quickly compiled), batches of 512 (128), no periodic sample
+  figures, a final evaluation of ``num_samples`` (smoke: none)."""
+  for stage in stages:
+    stage.model.width, stage.model.depth = (32, 1) if smoke else (width, depth)
+    stage.data.batch_size = 128 if smoke else 512
+    stage.training.sample_every = 0
+    stage.training.quick_compile = smoke
+    stage.training.log_every = 20 if smoke else 500
+    stage.eval.num_samples = 0 if smoke else num_samples
+    stage.eval.sample_steps = 8 if smoke else 32
+    stage.optim.warmup_steps = 10 if smoke else 100
+
+
 def base_config(data_name: str):
   """Defaults for every image run: U-Net, σ_d = 0.5, image sample grids, no toy metrics."""
   config = default_config()

@@ -30,6 +30,7 @@ sampler's on both problems; exact-ratio SMC holds on the time-consistent energie
 """
 
 from fkdiff.experiments.toy2d import job_config
+from fkdiff.training.config import config_module
 
 
 VARIANTS = ("", "full", "smoke")
@@ -62,15 +63,9 @@ def get_config(variant: str = ""):
   c.sampler.mala_target_acceptance = 0.6
   c.sampler.hmc_target_acceptance = 0.75
   c.eval.num_seeds = 2 if smoke else 8
-  for stage in (c.teacher, c.distill):
-    stage.model.width, stage.model.depth = (32, 1) if smoke else (96, 3)
-    stage.data.batch_size = 128 if smoke else 512
-    stage.training.sample_every = 0
-    stage.training.quick_compile = smoke
-    stage.training.log_every = 20 if smoke else 500
-    stage.eval.num_samples = 0 if smoke else 2048   # smoke: the job's sampling is enough.
-    stage.eval.sample_steps = 8 if smoke else 32
-    stage.optim.warmup_steps = 10 if smoke else 100
+  # Smoke: no stage evaluations (the job's sampling is enough).
+  config_module("common.py", next_to=__file__).mlp_stages((c.teacher, c.distill), smoke, 96, 3,
+                                                          2048)
   c.teacher.training.num_steps = 60 if smoke else 3000
   c.teacher.training.checkpoint_every = 60 if smoke else 1000
   c.distill.training.num_steps = 60 if smoke else 1500

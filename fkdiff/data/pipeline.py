@@ -1,5 +1,6 @@
 """Training data sources by name: ``make_data_source(config.data)`` → a
-:class:`~fkdiff.data.source.DataSource` (toy 2-D mixtures and example files here, images in
+:class:`~fkdiff.data.source.DataSource` (toy 2-D mixtures, image-spectrum mixtures in any
+dimension and example files here, images in
 :mod:`fkdiff.data.images`).
 """
 
@@ -27,6 +28,24 @@ def toy2d_source(data: ml_collections.ConfigDict) -> DataSource:
     return {"x": gmm_lib.sample(mixture, key, batch_size)[0]}
 
   return DataSource(sample, (mixture.dim,), float(sigma_data), mixture)
+
+
+def spectral_source(data: ml_collections.ConfigDict) -> DataSource:
+  """Samples from a named image-spectrum mixture of :mod:`fkdiff.data.spectral` (``data.mixture``:
+  a layout of ``spectral.LAYOUTS``; ``data.mixture_kwargs``: ``dim``, ``separation``, spectrum
+  options), with its exact density as ``mixture`` (a high-dimensional stand-in with ground truth)."""
+  from fkdiff.data import spectral
+  try:
+    sm = spectral.layout(data.mixture, **data.mixture_kwargs.to_dict())
+  except TypeError as e:
+    raise ValueError(f"Bad data.mixture_kwargs for spectral layout {data.mixture!r}: {e}") from e
+  mixture = spectral.as_gmm(sm)
+  sigma_data = data.sigma_data if data.sigma_data > 0 else gmm_lib.data_std(mixture)
+
+  def sample(key, batch_size):
+    return {"x": spectral.sample(sm, key, batch_size)[0]}
+
+  return DataSource(sample, sm.event_shape, float(sigma_data), mixture)
 
 
 def arrays_source(data: ml_collections.ConfigDict) -> DataSource:
@@ -65,7 +84,7 @@ def image_source(data: ml_collections.ConfigDict) -> DataSource:
   return images.image_source(data)
 
 
-_SOURCES = {"toy2d": toy2d_source, "arrays": arrays_source, "digits": image_source,
+_SOURCES = {"toy2d": toy2d_source, "spectral": spectral_source, "arrays": arrays_source, "digits": image_source,
             "cifar10": image_source, "celeb_a": image_source, "afhqv2_64": image_source,
             "ffhq64": image_source}
 

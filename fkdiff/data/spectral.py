@@ -116,6 +116,44 @@ def make(event_shape: Sequence[int], weights, plane_means, labels=None, data_std
                          jnp.asarray(labels))
 
 
+# Named stand-in layouts (:func:`layout`): ``(weights, plane means in units of separation)``.
+LAYOUTS = {
+    "three_modes": ([0.5, 0.3, 0.2], [[-1, 0], [0, 0], [1, 0]]),   # tempering: p^β
+    "split_a": ([0.7, 0.3], [[-1, 0], [1, 0]]),                     # product: p_a p_b
+    "split_b": ([0.4, 0.6], [[0, -1], [0, 1]]),
+}
+
+
+def layout(name: str, dim: int = 64, separation: float = 6.0, **spectrum) -> SpectralMixture:
+  """A named layout of :data:`LAYOUTS` as a mixture over ``(dim,)`` numbers, its means
+  ``separation`` plane standard deviations apart (the training data of the learned stand-ins,
+  :mod:`fkdiff.experiments.standin`; ``spectrum``: :func:`image_spectrum`'s options).
+
+  Raises:
+    ValueError: on an unknown name.
+  """
+  if name not in LAYOUTS:
+    raise ValueError(f"Unknown spectral layout {name!r}; choose one of {sorted(LAYOUTS)}.")
+  weights, means = LAYOUTS[name]
+  return make((int(dim),), weights, np.asarray(means, np.float64) * separation, **spectrum)
+
+
+def as_gmm(sm: SpectralMixture):
+  """The mixture as a :class:`~fkdiff.data.gmm.GaussianMixture` over the flattened event
+  (``(K, d)`` means, ``(K, d, d)`` covariances ``Q diag(λ) Qᵀ``): the toy metrics' and heat
+  diagnostics' ground truth (O(K d²) per point; for d ≲ 10³)."""
+  from fkdiff.data import gmm as gmm_lib
+  d = sm.dim
+  basis = np.asarray(jax.vmap(idct)(jnp.eye(d).reshape((d,) + sm.event_shape)),
+                     np.float64).reshape(d, d).T                  # columns: x of each unit z
+  lam = np.asarray(sm.eig, np.float64).reshape(-1)
+  cov = (basis * lam) @ basis.T
+  z = np.zeros((sm.plane_means.shape[0], d))
+  z[:, list(PLANE)] = np.asarray(sm.plane_means, np.float64)
+  return gmm_lib.make_mixture(np.exp(np.asarray(sm.log_weights, np.float64)), z @ basis.T,
+                              np.broadcast_to(0.5 * (cov + cov.T), (z.shape[0], d, d)))
+
+
 def _plane_and_rest(sm: SpectralMixture, x: Array, sigma) -> Tuple[Array, Array]:
   """``(z_plane (2,), ½ Σ_{rest} z²/v + ½ Σ_all log 2πv)`` of ``x`` at σ."""
   z = dct(x).reshape(-1)
@@ -151,6 +189,15 @@ def sample(sm: SpectralMixture, key: Array, num: int, sigma=0.0) -> Tuple[Array,
   flat = z.reshape(num, -1)
   flat = flat.at[:, jnp.asarray(PLANE)].add(sm.plane_means[comp])
   return jax.vmap(idct)(flat.reshape(z.shape)), comp
+
+
+def sample_components(sm: SpectralMixture, key: Array, num: int, sigma=0.0) -> Array:
+  """``num`` draws of every component diffused to σ: ``(K, num, *event_shape)``."""
+  k = sm.plane_means.shape[0]
+  std = jnp.sqrt(sm.eig + jnp.asarray(sigma)**2)
+  z = (std * jax.random.normal(key, (k, num) + sm.event_shape)).reshape(k, num, -1)
+  z = z.at[:, :, jnp.asarray(PLANE)].add(sm.plane_means[:, None])
+  return jax.vmap(jax.vmap(idct))(z.reshape((k, num) + sm.event_shape))
 
 
 def coordinates(x: Array) -> Array:

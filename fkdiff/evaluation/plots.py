@@ -80,11 +80,12 @@ def _outside_note(fraction: float) -> str:
 def samples_figure(samples, mixture: Optional[gmm_lib.GaussianMixture], path: str,
                    title: str = "", max_points: int = 4000) -> None:
   """Scatter of 2-D ``samples (N, 2)`` over the exact density (when ``mixture`` is given, with
-  its 50/90/99% mass contours, the view fitted to its support); saves ``path``."""
+  its 50/90/99% mass contours, the view fitted to its support); saves ``path``. Samples of more
+  dimensions: their first two coordinates, without contours."""
   plt = _figure()
   samples = np.asarray(samples)[:max_points]
   fig, ax = plt.subplots(figsize=(5, 5))
-  if mixture is not None:
+  if mixture is not None and mixture.dim == 2:
     lim = float(np.max(np.abs(np.asarray(mixture.means)))) + 4 * float(
         np.sqrt(np.max(np.asarray(mixture.covs))))
     xx, yy, log_p = density_grid(mixture, lim)

@@ -106,21 +106,29 @@ def mixture_diagnostics(energy_fn: EnergyFn, mixture: gmm_lib.GaussianMixture, k
     ``E − E_exact`` (nats; 0 for the exact energy up to a gauge ``c(σ)``).
   """
   exact = lambda x, s: gmm_lib.energy(mixture, x, s)
-  w = mixture.weights
   out = {}
   for i, s in enumerate(sigmas):
     k_pts, k_probe = jax.random.split(jax.random.fold_in(key, i))
     pts = _component_points(mixture, k_pts, per_component, s)               # (K, n, d)
-    flat = pts.reshape(-1, mixture.dim)
-    r = _residuals(energy_fn, flat, s, k_probe, num_probes).reshape(pts.shape[:2])
-    r_mode = jnp.mean(r, axis=1)
-    mean_r = jnp.sum(w * r_mode)
-    var_r = jnp.sum(w * jnp.mean((r - mean_r)**2, axis=1))
-    diff = (jax.vmap(lambda z: energy_fn(z, s))(flat)
-            - jax.vmap(lambda z: exact(z, s))(flat)).reshape(pts.shape[:2])
-    delta = jnp.mean(diff, axis=1)
-    tag = f"sigma_{s:g}"
-    out[f"heat_residual_std/{tag}"] = jnp.sqrt(var_r)
-    out[f"heat_residual_mode_spread/{tag}"] = jnp.max(r_mode) - jnp.min(r_mode)
-    out[f"level_error/{tag}"] = jnp.max(delta) - jnp.min(delta)
+    out.update(level_diagnostics(energy_fn, exact, pts, mixture.weights, s, k_probe, num_probes))
   return out
+
+
+def level_diagnostics(energy_fn: EnergyFn, exact_fn: EnergyFn, points: Array, weights: Array,
+                      sigma: float, key: Array, num_probes: int = 0) -> Dict[str, Array]:
+  """:func:`mixture_diagnostics` at one σ from given points: ``points (K, n, *event)``, ``n``
+  draws of each component ``k`` (mixture weight ``weights[k]``) diffused to σ, and the exact
+  energy ``exact_fn(x, σ)``; keys tagged ``sigma_<σ>``."""
+  k, n = points.shape[:2]
+  flat = points.reshape((k * n,) + points.shape[2:])
+  r = _residuals(energy_fn, flat, sigma, key, num_probes).reshape(k, n)
+  r_mode = jnp.mean(r, axis=1)
+  mean_r = jnp.sum(weights * r_mode)
+  var_r = jnp.sum(weights * jnp.mean((r - mean_r)**2, axis=1))
+  diff = (jax.vmap(lambda z: energy_fn(z, sigma))(flat)
+          - jax.vmap(lambda z: exact_fn(z, sigma))(flat)).reshape(k, n)
+  delta = jnp.mean(diff, axis=1)
+  tag = f"sigma_{sigma:g}"
+  return {f"heat_residual_std/{tag}": jnp.sqrt(var_r),
+          f"heat_residual_mode_spread/{tag}": jnp.max(r_mode) - jnp.min(r_mode),
+          f"level_error/{tag}": jnp.max(delta) - jnp.min(delta)}

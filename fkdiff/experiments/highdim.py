@@ -74,21 +74,32 @@ def _reference(parts, coefs, eig, centres) -> spectral.PlaneReference:
   return spectral.plane_reference(parts, coefs, SIGMA_MIN, eig, centres)
 
 
+def tempered_reference(sm: spectral.SpectralMixture, beta: float,
+                       sigma: float = SIGMA_MIN) -> spectral.PlaneReference:
+  """The exact answer for ``p_σ^β`` (modes: the components' centres)."""
+  return spectral.plane_reference([spectral.condition_parts(sm, None)], [beta], sigma, sm.eig,
+                                  np.asarray(sm.plane_means))
+
+
+def product_reference(a: spectral.SpectralMixture, b: spectral.SpectralMixture,
+                      sigma: float = SIGMA_MIN) -> spectral.PlaneReference:
+  """The exact answer for ``p_a,σ p_b,σ`` (same spectrum): a mode per pair of components,
+  centred half-way between them (the product of two Gaussians of one covariance), ``a``-major."""
+  centres = 0.5 * (np.asarray(a.plane_means)[:, None] + np.asarray(b.plane_means)[None])
+  return spectral.plane_reference(
+      [spectral.condition_parts(a, None), spectral.condition_parts(b, None)], [1.0, 1.0], sigma,
+      a.eig, centres.reshape(-1, 2))
+
+
 def _tempered(shape, beta, weights, means) -> Tuple:
   sm = spectral.make(shape, weights, means)
-  centres = np.asarray(sm.plane_means)
-  ref = _reference([spectral.condition_parts(sm, None)], [beta], sm.eig, centres)
-  return targets.tempered(_energy(sm), beta), ref, sm.eig
+  return targets.tempered(_energy(sm), beta), tempered_reference(sm, beta), sm.eig
 
 
 def _product(shape, sep) -> Tuple:
   a = spectral.make(shape, [0.7, 0.3], [[-sep, 0], [sep, 0]])
   b = spectral.make(shape, [0.4, 0.6], [[0, -sep], [0, sep]])
-  centres = np.array([[i, j] for i in (-1, 1) for j in (-1, 1)], float) * 0.5 * sep
-  centres *= np.sqrt(np.asarray(a.eig).reshape(-1)[list(spectral.PLANE)])
-  ref = _reference([spectral.condition_parts(a, None), spectral.condition_parts(b, None)],
-                   [1.0, 1.0], a.eig, centres)
-  return targets.product([_energy(a), _energy(b)]), ref, a.eig
+  return targets.product([_energy(a), _energy(b)]), product_reference(a, b), a.eig
 
 
 def _and(shape, sep) -> Tuple:

@@ -21,7 +21,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "toy2d"       # see fkdiff.data.pipeline for the registry ('arrays': a file).
-  c.data.mixture = "ring"     # toy2d: a layout of fkdiff.data.toy.
+  c.data.mixture = "ring"     # toy2d: a layout of fkdiff.data.toy; spectral: of data.spectral.
   c.data.mixture_kwargs = ml_collections.ConfigDict()
   c.data.batch_size = 512     # global batch (split over devices).
   c.data.sigma_data = 0.0     # σ_d; 0 means "the data's RMS std" (toy) / 0.5 (images).
