@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from fkdiff.data import gmm as gmm_lib
-from fkdiff.data import toy
+from fkdiff.data import spectral, toy
 from fkdiff.data.source import DataSource, in_memory_sample_fn
 
 
@@ -34,7 +34,6 @@ def spectral_source(data: ml_collections.ConfigDict) -> DataSource:
   """Samples from a named image-spectrum mixture of :mod:`fkdiff.data.spectral` (``data.mixture``:
   a layout of ``spectral.LAYOUTS``; ``data.mixture_kwargs``: ``dim``, ``separation``, spectrum
   options), with its exact density as ``mixture`` (a high-dimensional stand-in with ground truth)."""
-  from fkdiff.data import spectral
   try:
     sm = spectral.layout(data.mixture, **data.mixture_kwargs.to_dict())
   except TypeError as e:
@@ -84,8 +83,8 @@ def image_source(data: ml_collections.ConfigDict) -> DataSource:
   return images.image_source(data)
 
 
-_SOURCES = {"toy2d": toy2d_source, "spectral": spectral_source, "arrays": arrays_source, "digits": image_source,
-            "cifar10": image_source, "celeb_a": image_source, "afhqv2_64": image_source,
+_SOURCES = {"toy2d": toy2d_source, "spectral": spectral_source, "arrays": arrays_source,
+            "digits": image_source, "cifar10": image_source, "celeb_a": image_source, "afhqv2_64": image_source,
             "ffhq64": image_source}
 
 

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fkdiff.data import gmm as gmm_lib
+
 Array = jax.Array
 PLANE = (0, 1)        # flat DCT indices of the plane's two coordinates
 
@@ -138,11 +140,10 @@ def layout(name: str, dim: int = 64, separation: float = 6.0, **spectrum) -> Spe
   return make((int(dim),), weights, np.asarray(means, np.float64) * separation, **spectrum)
 
 
-def as_gmm(sm: SpectralMixture):
+def as_gmm(sm: SpectralMixture) -> gmm_lib.GaussianMixture:
   """The mixture as a :class:`~fkdiff.data.gmm.GaussianMixture` over the flattened event
   (``(K, d)`` means, ``(K, d, d)`` covariances ``Q diag(λ) Qᵀ``): the toy metrics' and heat
   diagnostics' ground truth (O(K d²) per point; for d ≲ 10³)."""
-  from fkdiff.data import gmm as gmm_lib
   d = sm.dim
   basis = np.asarray(jax.vmap(idct)(jnp.eye(d).reshape((d,) + sm.event_shape)),
                      np.float64).reshape(d, d).T                  # columns: x of each unit z

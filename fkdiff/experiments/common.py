@@ -99,6 +99,17 @@ def train_models(config: ml_collections.ConfigDict, workdir: str, names: Sequenc
   return out
 
 
+def stage_base(base: ml_collections.ConfigDict, task: str,
+               teacher_workdir: str = "") -> ml_collections.ConfigDict:
+  """A copy of the stage settings ``base`` for ``task``, a distillation pointed at
+  ``teacher_workdir``: what every job's ``stage_config`` starts from before it sets its data."""
+  c = ml_collections.ConfigDict(base.to_dict())
+  c.task = task
+  if task == "distill":
+    c.teacher.workdir = teacher_workdir
+  return c
+
+
 def two_head_section(**overrides) -> ml_collections.ConfigDict:
   """A job's ``two_head`` section: the two-headed source's training (the teachers' network,
   data and optimiser settings with these overrides) and the SMC methods run on it.

@@ -192,13 +192,10 @@ def read_job_config(workdir: str) -> ml_collections.ConfigDict:
 def stage_config(base: ml_collections.ConfigDict, task: str, model: str, data_dir: str,
                  teacher_workdir: str = "") -> ml_collections.ConfigDict:
   """The training config of one stage: ``base`` with the model's label and class count."""
-  c = ml_collections.ConfigDict(base.to_dict())
-  c.task = task
+  c = common.stage_base(base, task, teacher_workdir)
   c.data.name = "digits"
   c.data.data_dir = data_dir
   c.data.label, c.model.num_classes = MODELS[model]
-  if task == "distill":
-    c.teacher.workdir = teacher_workdir
   return c
 
 

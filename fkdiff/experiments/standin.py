@@ -117,14 +117,11 @@ def layouts(config) -> Dict[str, spectral.SpectralMixture]:
 
 
 def _stage_config(base, task, name, teacher_workdir, config):
-  c = ml_collections.ConfigDict(base.to_dict())
-  c.task = task
+  c = common.stage_base(base, task, teacher_workdir)
   c.data.name = "spectral"
   c.data.mixture = name
   c.data.mixture_kwargs = ml_collections.ConfigDict({"dim": config.dim,
                                                      "separation": config.separation})
-  if task == "distill":
-    c.teacher.workdir = teacher_workdir
   return c
 
 
@@ -257,9 +254,10 @@ def run_problems(config, mixtures, sources: Dict[str, Dict[str, common.LoadedEne
                                                           if s != "exact"]
   rows = [(p, source, m) for p in config.problems for source in order
           for m in common.source_methods(source, config.methods, config, METHODS)]
+  problems = {p: problem(p, config, mixtures) for p in config.problems}   # a grid each
   phase_start = time.perf_counter()
   for i, (pname, source, method) in enumerate(rows):
-    prob = problem(pname, config, mixtures)
+    prob = problems[pname]
     build, params = potential(pname, config, sources[source])
     z, nfe, seconds, ess = run_method(method, build, params, config.sampler, prob.event_shape,
                                       config.eval.runs, config.seed + i)

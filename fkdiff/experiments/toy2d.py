@@ -137,13 +137,10 @@ def _needed_models(config):
 
 
 def _stage_config(base: ml_collections.ConfigDict, task: str, dataset, teacher_workdir: str):
-  c = ml_collections.ConfigDict(base.to_dict())
-  c.task = task
+  c = common.stage_base(base, task, teacher_workdir)
   c.data.mixture = dataset.mixture
   c.data.mixture_kwargs = ml_collections.ConfigDict(dataset.get("mixture_kwargs", {}).to_dict()
                                                     if "mixture_kwargs" in dataset else {})
-  if task == "distill":
-    c.teacher.workdir = teacher_workdir
   return c
 
 
