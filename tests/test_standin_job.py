@@ -105,9 +105,12 @@ def test_the_job_refuses_unknown_names():
   for key, value, match in (("problems", ("tempered", "ring"), "Unknown problem 'ring'"),
                             ("methods", ("mala",), "Unknown method 'mala'"),
                             ("energies", ("two_head",), "Unknown energy source 'two_head'"),
-                            ("dim", 1, "dim must be an int >= 2")):
+                            ("dim", 1, "dim must be an int >= 2"),
+                            ("separation", 0.0, "separation must be > 0"),
+                            ("eval.runs", 1, "eval.runs must be an int >= 2")):
     config = _config("smoke")
-    config[key] = value
+    section, _, name = key.rpartition(".")
+    (config[section] if section else config)[name] = value
     with pytest.raises(ValueError, match=match):
       standin.validate_job_config(config)
   config = _config("smoke")

@@ -97,6 +97,9 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"Unknown {kind} {unknown[0]!r} in the config; choose from {valid}.")
   if not (isinstance(config.dim, int) and config.dim >= 2):
     raise ValueError(f"dim must be an int >= 2, got {config.dim!r}.")
+  if not config.separation > 0:
+    raise ValueError(f"separation must be > 0 (plane standard deviations between modes), got "
+                     f"{config.separation!r}.")
   if not (isinstance(config.eval.runs, int) and config.eval.runs >= 2):
     raise ValueError(f"eval.runs must be an int >= 2 (standard errors), got {config.eval.runs!r}.")
 
