@@ -1,8 +1,10 @@
 """Learned energies on high-dimensional stand-ins with exact answers (fkdiff/experiments/standin.py).
 
 Trains an MLP teacher on samples of each closed-form image-spectrum mixture over ``dim`` numbers
-(a three-mode layout for tempering at β = 2, two two-mode layouts for their product), distils
-each into an energy (plain, and time-consistent at λ = 0.1), then samples both problems with
+(a three-mode layout for tempering at β = 2, two two-mode layouts for their product, and a
+six-component layout with two attributes whose class-conditional teacher gives the AND
+p(x|a) p(x|b) / p(x)), distils each into an energy (plain, and time-consistent at λ = 0.1),
+then samples every problem with
 ``smc_sample``'s default, exact-ratio SMC and the naive sampler on the learned energies and on
 the same mixtures' exact energies, and scores every row against the exact target.
 

@@ -57,6 +57,35 @@ def test_the_spectral_data_source_draws_the_layout_with_its_density():
     pipeline.make_data_source(data)
 
 
+def test_a_labelled_layout_gives_each_label_its_conditional_and_the_null_label_the_mixture():
+  data = default_config().data
+  data.name, data.mixture = "spectral", "attributes"
+  data.mixture_kwargs = {"dim": 16, "separation": 6.0}
+  source = pipeline.make_data_source(data)
+  batch = jax.jit(source.sample, static_argnums=1)(jax.random.key(0), 12000)
+  sm = spectral.layout("attributes", 16, 6.0)
+  comp = spectral.assign_modes(np.asarray(spectral.coordinates(batch["x"])),
+                               np.asarray(sm.plane_means), sm.eig)
+  label = np.asarray(batch["label"])
+  np.testing.assert_allclose(np.bincount(label, minlength=3) / label.size, [1 / 3] * 3,
+                             atol=0.02)
+  w = np.exp(np.asarray(sm.log_weights, np.float64))
+  for c in (0, 1, 2):
+    keep = np.asarray(sm.labels)[:, c] if c < 2 else np.ones(6, bool)
+    want = np.where(keep, w, 0) / np.sum(w[keep])
+    got = np.bincount(comp[label == c], minlength=6) / np.sum(label == c)
+    np.testing.assert_allclose(got, want, atol=0.03)
+    # spectral.conditional is that conditional's mixture, with the conditional energy.
+    cond = spectral.conditional(sm, c)
+    np.testing.assert_allclose(np.exp(np.asarray(cond.log_weights)), want[keep], rtol=1e-5)
+    x = batch["x"][:4]
+    np.testing.assert_allclose(jax.vmap(lambda z: spectral.energy(cond, z, 0.3))(x),
+                               jax.vmap(lambda z: spectral.energy(sm, z, 0.3, c))(x), rtol=1e-5)
+  data.label_dropout = 0.1
+  with pytest.raises(ValueError, match="label dropout would put conditional draws"):
+    pipeline.make_data_source(data)
+
+
 def _bumped(sm, height):
   """The exact energy plus ``height`` nats on the first component's side of the plane (a level
   error between modes that the scores barely see)."""
@@ -81,10 +110,23 @@ def test_energy_diagnostics_are_zero_on_the_exact_energy_and_see_a_level_error()
   bumped = standin.energy_diagnostics(_bumped(sm, 0.5), sm, jax.random.key(0), sigmas, 32, 0)
   assert bumped["level_error/sigma_0.05"] == pytest.approx(0.5, abs=0.05)
   assert bumped["score_error/sigma_0.05"] < 0.05      # ... which the score error hardly shows.
+  # A conditional energy under a label is scored against that label's conditional mixture.
+  sm = spectral.layout("attributes", 64)
+  exact = standin.exact_energies({"m": sm})["m"]
+  assert exact.null == 2
+  for label in (0, 1, 2):
+    diag = standin.energy_diagnostics(exact, sm, jax.random.key(1), (0.05,), 16, 0, label)
+    assert diag["level_error/sigma_0.05"] < 1e-3 and diag["score_error/sigma_0.05"] < 1e-4
+  # Labels swapped: under label 0 the energy of label 1, whose levels are far off on the
+  # components without attribute 1.
+  swap = lambda p, x, s, label: exact.fn(p, x, s, 1 - label)
+  swapped = common.LoadedEnergy(swap, sm, 1.0, 2)
+  assert standin.energy_diagnostics(swapped, sm, jax.random.key(1), (0.05,), 16, 0,
+                                    0)["level_error/sigma_0.05"] > 1.0
 
 
 def test_the_exact_rows_of_the_problems_match_their_references():
-  """SMC with smc_sample's default on the exact energies of both problems at d = 64 lands on the
+  """SMC with smc_sample's default on the exact energies of every problem at d = 64 lands on the
   exact answer (few particles: loose but failing bounds for a proposal-only sampler)."""
   config = _config()
   config.sampler.update(num_particles=128)
@@ -117,29 +159,42 @@ def test_the_job_refuses_unknown_names():
   config.tempered.model = "ring"
   with pytest.raises(ValueError, match="Unknown layout 'ring'"):
     standin.validate_job_config(config)
+  config = _config("smoke")
+  config.conditional.model = "three_modes"
+  with pytest.raises(ValueError, match="conditional.labels must be attributes 0 … -1"):
+    standin.validate_job_config(config)
+  config.conditional.update(model="attributes", labels=(0, 2))
+  with pytest.raises(ValueError, match=r"got \(0, 2\)"):
+    standin.validate_job_config(config)
 
 
 @pytest.mark.slow
 def test_smoke_job_scores_learned_and_exact_rows_and_reuses_its_stages(tmp_path, capsys):
   config = _config("smoke")
-  config.problems = ("tempered",)
+  config.problems = ("tempered", "and")
   config.energies = ("learned", "exact")
-  config.methods = ("smc_default", "smc_ratio")
+  config.methods = ("smc_default",)
   results = standin.run(config, str(tmp_path))
   saved = json.loads((tmp_path / "results.json").read_text())
   assert json.dumps(results, sort_keys=True) == json.dumps(saved, sort_keys=True)
-  rows = saved["tempered"]
-  assert set(rows) == {f"{m}/{s}" for m in config.methods for s in config.energies}
-  for name, r in rows.items():
+  for p in config.problems:
+    assert set(saved[p]) == {f"{m}/{s}" for m in config.methods for s in config.energies}
+  for name, r in saved["and"].items():
+    # The AND of 'right half' and 'top row': the two components holding both (weights
+    # 0.25 / 0.18) share the mass; every other cell is (nearly) empty.
+    assert r["exact_masses"] == pytest.approx([0, 0, 0, 0.25 / 0.43, 0, 0.18 / 0.43], abs=0.01)
+  for name, r in saved["tempered"].items():
     assert r["samples"] == config.eval.runs * config.sampler.num_particles
     assert ("masses_vs_exact" in r) == name.endswith("/learned")
     # Far-apart components of one covariance: p^β's masses are ∝ w_k^β.
     w = np.asarray(spectral.LAYOUTS["three_modes"][0])**config.tempered.beta
     assert r["exact_masses"] == pytest.approx(w / w.sum(), abs=0.01)
-  diag = saved["energies"]["learned/three_modes"]
-  assert {f"level_error/sigma_{s:g}" for s in config.eval.sigmas} <= set(diag)
+  for name in ("three_modes", "attributes:0", "attributes:1", "attributes:null"):
+    diag = saved["energies"][f"learned/{name}"]
+    assert {f"level_error/sigma_{s:g}" for s in config.eval.sigmas} <= set(diag)
   out = capsys.readouterr().out
   assert "[1/4, ETA" in out and "[4/4, ETA" in out
+  config.update(problems=("and",), energies=("learned",))     # a relaunch: one row, no training
   standin.run(config, str(tmp_path))
   out = capsys.readouterr().out
-  assert "Stage teacher/three_modes: finished at step 60" in out and "training in" not in out
+  assert "Stage teacher/attributes: finished at step 60" in out and "training in" not in out

@@ -33,17 +33,31 @@ def toy2d_source(data: ml_collections.ConfigDict) -> DataSource:
 def spectral_source(data: ml_collections.ConfigDict) -> DataSource:
   """Samples from a named image-spectrum mixture of :mod:`fkdiff.data.spectral` (``data.mixture``:
   a layout of ``spectral.LAYOUTS``; ``data.mixture_kwargs``: ``dim``, ``separation``, spectrum
-  options), with its exact density as ``mixture`` (a high-dimensional stand-in with ground truth)."""
+  options), with its exact density as ``mixture`` (a high-dimensional stand-in with ground truth).
+  A layout with attributes also gives each example a ``label`` (:func:`spectral.sample_labelled`:
+  ``0 … A−1`` one attribute, ``A`` the null label with the whole mixture's draws) for a
+  class-conditional model with ``model.num_classes = A``.
+
+  Raises:
+    ValueError: on bad ``mixture_kwargs``, or label dropout on a labelled layout (the null label's
+      examples must be the whole mixture's; dropout would add conditional ones).
+  """
   try:
     sm = spectral.layout(data.mixture, **data.mixture_kwargs.to_dict())
   except TypeError as e:
     raise ValueError(f"Bad data.mixture_kwargs for spectral layout {data.mixture!r}: {e}") from e
   mixture = spectral.as_gmm(sm)
   sigma_data = data.sigma_data if data.sigma_data > 0 else gmm_lib.data_std(mixture)
-
-  def sample(key, batch_size):
-    return {"x": spectral.sample(sm, key, batch_size)[0]}
-
+  if spectral.num_labels(sm) == 0:
+    sample = lambda key, batch_size: {"x": spectral.sample(sm, key, batch_size)[0]}
+  elif data.label_dropout > 0 or data.attribute_dropout > 0:
+    raise ValueError(f"Spectral layout {data.mixture!r} has labels: its null label "
+                     f"({spectral.num_labels(sm)}) already draws from the whole mixture, and "
+                     "label dropout would put conditional draws under it (p(x|null) != p(x)). "
+                     "Set data.label_dropout = data.attribute_dropout = 0.")
+  else:
+    sample = lambda key, batch_size: dict(zip(("x", "label"),
+                                              spectral.sample_labelled(sm, key, batch_size)))
   return DataSource(sample, sm.event_shape, float(sigma_data), mixture)
 
 

@@ -118,26 +118,65 @@ def make(event_shape: Sequence[int], weights, plane_means, labels=None, data_std
                          jnp.asarray(labels))
 
 
-# Named stand-in layouts (:func:`layout`): ``(weights, plane means in units of separation)``.
+# Named stand-in layouts (:func:`layout`): ``(weights, plane means in units of separation[,
+# attributes (K, A)])``. ``attributes``: six components on a 3 × 2 grid with two attributes
+# (a: "right half", the grid's middle and right columns; b: "top row"), both held by two
+# components: the classifier-free AND's stand-in (a class-conditional network over labels
+# ``0, 1`` and the null label ``2``).
+_GRID = [[i, j] for i in (-1, 0, 1) for j in (-1, 1)]
 LAYOUTS = {
     "three_modes": ([0.5, 0.3, 0.2], [[-1, 0], [0, 0], [1, 0]]),   # tempering: p^β
     "split_a": ([0.7, 0.3], [[-1, 0], [1, 0]]),                     # product: p_a p_b
     "split_b": ([0.4, 0.6], [[0, -1], [0, 1]]),
+    "attributes": ([0.1, 0.15, 0.2, 0.25, 0.12, 0.18], _GRID,      # AND: p(x|a) p(x|b) / p(x)
+                   [[m[0] >= 0, m[1] > 0] for m in _GRID]),
 }
 
 
-def layout(name: str, dim: int = 64, separation: float = 6.0, **spectrum) -> SpectralMixture:
-  """A named layout of :data:`LAYOUTS` as a mixture over ``(dim,)`` numbers, its means
-  ``separation`` plane standard deviations apart (the training data of the learned stand-ins,
-  :mod:`fkdiff.experiments.standin`; ``spectrum``: :func:`image_spectrum`'s options).
+def layout(name: str, dim=64, separation: float = 6.0, **spectrum) -> SpectralMixture:
+  """A named layout of :data:`LAYOUTS` as a mixture over ``(dim,)`` numbers (or over the event
+  shape ``dim`` when it is a tuple), its means ``separation`` plane standard deviations apart
+  (the training data of the learned stand-ins, :mod:`fkdiff.experiments.standin`, and targets of
+  the high-dimension study; ``spectrum``: :func:`image_spectrum`'s options).
 
   Raises:
     ValueError: on an unknown name.
   """
   if name not in LAYOUTS:
     raise ValueError(f"Unknown spectral layout {name!r}; choose one of {sorted(LAYOUTS)}.")
-  weights, means = LAYOUTS[name]
-  return make((int(dim),), weights, np.asarray(means, np.float64) * separation, **spectrum)
+  weights, means, *labels = LAYOUTS[name]
+  shape = tuple(dim) if isinstance(dim, (tuple, list)) else (int(dim),)
+  return make(shape, weights, np.asarray(means, np.float64) * separation, *labels, **spectrum)
+
+
+def num_labels(sm: SpectralMixture) -> int:
+  """The number of attributes ``A``: labels ``0 … A−1`` condition on one, ``A`` is the null."""
+  return int(sm.labels.shape[1])
+
+
+def conditional(sm: SpectralMixture, label: Optional[int]) -> SpectralMixture:
+  """``p(· | label)`` as a mixture of its own: the components holding attribute ``label``,
+  weights renormalised (``None`` or the null label: ``sm`` itself)."""
+  if label is None or label >= num_labels(sm):
+    return sm
+  keep = np.asarray(sm.labels)[:, label]
+  log_w = np.asarray(sm.log_weights, np.float64)[keep]
+  return SpectralMixture(jnp.asarray(log_w - np.logaddexp.reduce(log_w), jnp.float32),
+                         sm.plane_means[keep], sm.eig, sm.labels[keep])
+
+
+def sample_labelled(sm: SpectralMixture, key: Array, num: int) -> Tuple[Array, Array]:
+  """``num`` labelled draws ``(x (num, *event_shape), label (num,))`` of a mixture with
+  attributes: the label first, uniform over ``0 … A`` (``A``: the null label), then ``x`` from
+  ``p(x | label)`` (the whole mixture under the null label), so that one class-conditional
+  network learns every conditional and the unconditional density at once."""
+  a = num_labels(sm)
+  k_l, k_c, k_z = jax.random.split(key, 3)
+  label = jax.random.randint(k_l, (num,), 0, a + 1)
+  allowed = jnp.concatenate([sm.labels.T, jnp.ones((1, sm.labels.shape[0]), bool)])  # (A+1, K)
+  logits = jnp.where(allowed[label], sm.log_weights[None], -jnp.inf)
+  comp = jax.random.categorical(k_c, logits)
+  return _draw(sm, k_z, comp, 0.0), label
 
 
 def as_gmm(sm: SpectralMixture) -> gmm_lib.GaussianMixture:
@@ -181,15 +220,21 @@ def energy(sm: SpectralMixture, x: Array, sigma, label: Optional[int] = None,
   return rest - jax.nn.logsumexp(log_w + log_n)
 
 
+def _draw(sm: SpectralMixture, key: Array, comp: Array, sigma) -> Array:
+  """Draws of ``x_σ`` from the components ``comp (num,)``: ``(num, *event_shape)``."""
+  num = comp.shape[0]
+  std = jnp.sqrt(sm.eig + jnp.asarray(sigma)**2)
+  z = std * jax.random.normal(key, (num,) + sm.event_shape)
+  flat = z.reshape(num, -1)
+  flat = flat.at[:, jnp.asarray(PLANE)].add(sm.plane_means[comp])
+  return jax.vmap(idct)(flat.reshape(z.shape))
+
+
 def sample(sm: SpectralMixture, key: Array, num: int, sigma=0.0) -> Tuple[Array, Array]:
   """``num`` draws of ``x_σ``: ``(samples (num, *event_shape), component ids (num,))``."""
   k_c, k_z = jax.random.split(key)
   comp = jax.random.categorical(k_c, sm.log_weights, shape=(num,))
-  std = jnp.sqrt(sm.eig + jnp.asarray(sigma)**2)
-  z = std * jax.random.normal(k_z, (num,) + sm.event_shape)
-  flat = z.reshape(num, -1)
-  flat = flat.at[:, jnp.asarray(PLANE)].add(sm.plane_means[comp])
-  return jax.vmap(idct)(flat.reshape(z.shape)), comp
+  return _draw(sm, k_z, comp, sigma), comp
 
 
 def sample_components(sm: SpectralMixture, key: Array, num: int, sigma=0.0) -> Array:

@@ -70,10 +70,6 @@ def _energy(sm, label=None) -> Callable:
   return functools.partial(spectral.energy, sm, label=label)
 
 
-def _reference(parts, coefs, eig, centres) -> spectral.PlaneReference:
-  return spectral.plane_reference(parts, coefs, SIGMA_MIN, eig, centres)
-
-
 def tempered_reference(sm: spectral.SpectralMixture, beta: float,
                        sigma: float = SIGMA_MIN) -> spectral.PlaneReference:
   """The exact answer for ``p_σ^β`` (modes: the components' centres)."""
@@ -91,25 +87,29 @@ def product_reference(a: spectral.SpectralMixture, b: spectral.SpectralMixture,
       a.eig, centres.reshape(-1, 2))
 
 
+def and_reference(sm: spectral.SpectralMixture, sigma: float = SIGMA_MIN,
+                  labels: Sequence[int] = (0, 1)) -> spectral.PlaneReference:
+  """The exact answer for the classifier-free AND ``p_σ(x) Π_i p_σ(x|c_i) / p_σ(x)`` of the
+  attributes ``labels`` (modes: the components' centres)."""
+  parts = [spectral.condition_parts(sm, c) for c in (None,) + tuple(labels)]
+  return spectral.plane_reference(parts, [1.0 - len(labels)] + [1.0] * len(labels), sigma,
+                                  sm.eig, np.asarray(sm.plane_means))
+
+
 def _tempered(shape, beta, weights, means) -> Tuple:
   sm = spectral.make(shape, weights, means)
   return targets.tempered(_energy(sm), beta), tempered_reference(sm, beta), sm.eig
 
 
 def _product(shape, sep) -> Tuple:
-  a = spectral.make(shape, [0.7, 0.3], [[-sep, 0], [sep, 0]])
-  b = spectral.make(shape, [0.4, 0.6], [[0, -sep], [0, sep]])
+  a, b = (spectral.layout(n, shape, sep) for n in ("split_a", "split_b"))
   return targets.product([_energy(a), _energy(b)]), product_reference(a, b), a.eig
 
 
 def _and(shape, sep) -> Tuple:
-  means = [[i * sep, j * sep] for i in (-1, 0, 1) for j in (-1, 1)]
-  weights = [0.1, 0.15, 0.2, 0.25, 0.12, 0.18]
-  labels = [[m[0] >= 0, m[1] > 0] for m in means]
-  sm = spectral.make(shape, weights, means, labels)
-  parts = [spectral.condition_parts(sm, c) for c in (None, 0, 1)]
-  ref = _reference(parts, [-1.0, 1.0, 1.0], sm.eig, np.asarray(sm.plane_means))
-  return (targets.conditional_and(_energy(sm), [_energy(sm, 0), _energy(sm, 1)]), ref, sm.eig)
+  sm = spectral.layout("attributes", shape, sep)
+  return (targets.conditional_and(_energy(sm), [_energy(sm, 0), _energy(sm, 1)]),
+          and_reference(sm), sm.eig)
 
 
 def problem(name: str, event_shape: Sequence[int]) -> Problem:

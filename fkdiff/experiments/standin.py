@@ -10,9 +10,12 @@ Stages (the job skeleton's, :func:`fkdiff.experiments.common.train_models`; fini
   1. an MLP teacher per layout trained on its samples,      ``<workdir>/teachers/<name>``;
   2. energies distilled from it — plain (``learned``)       ``<workdir>/energies/<name>``
      and time-consistent (``consistent``)                   ``<workdir>/energies_consistent/<name>``;
-  3. the problems — ``tempered`` (``p^β`` of a three-mode layout) and ``product`` (``p_a p_b`` of
-     two two-mode layouts) — with every method on every energy source: the learned ones and the
-     same mixtures' ``exact`` energies (:func:`fkdiff.data.spectral.energy`).
+  3. the problems — ``tempered`` (``p^β`` of a three-mode layout), ``product`` (``p_a p_b`` of
+     two two-mode layouts) and ``and`` (the classifier-free AND ``p(x|a) p(x|b) / p(x)`` of two
+     attributes of a six-component layout, on one class-conditional network whose null label is
+     the whole mixture: :func:`fkdiff.data.spectral.sample_labelled`) — with every method on
+     every energy source: the learned ones and the same mixtures' ``exact`` energies
+     (:func:`fkdiff.data.spectral.energy`).
 
 Scores (``eval.runs`` independent runs of ``sampler.num_particles`` particles, each ending in one
 resampling; standard errors over the runs, :func:`fkdiff.experiments.highdim.score_runs`): the
@@ -20,14 +23,14 @@ largest mode-mass error and the mean per-coordinate variance ratio against the e
 σ_K, and for the learned rows the same row's distance to the exact energies' row
 (``masses_vs_exact``: the largest mode-mass difference; ``var_vs_exact``). Every learned energy's
 diagnostics against the exact mixture, per σ of ``eval.sigmas``: its relative score error, the
-inter-mode level error and the heat residual's spread
-(:func:`fkdiff.evaluation.time_consistency.mixture_diagnostics`).
+inter-mode level error and the heat residual's spread (:func:`energy_diagnostics`; a conditional
+energy's per label, against its conditional mixture).
 Outputs: ``results.json``, ``results.txt``, TensorBoard scalars.
 """
 
 import functools
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +44,7 @@ from fkdiff.experiments import common, highdim
 from fkdiff.sampling import baselines, reverse, smc, targets
 from fkdiff.training.config import default_config, validate_config
 
-PROBLEMS = ("tempered", "product")
+PROBLEMS = ("tempered", "product", "and")
 SMC_METHODS = common.ENERGY_SMC_METHODS
 METHODS = SMC_METHODS + ("naive",)
 SOURCES = ("learned", "consistent", "exact")
@@ -59,6 +62,8 @@ def job_config() -> ml_collections.ConfigDict:
   c.energies = ("learned", "consistent", "exact")
   c.tempered = ml_collections.ConfigDict({"model": "three_modes", "beta": 2.0})
   c.product = ml_collections.ConfigDict({"models": ("split_a", "split_b")})
+  # The 'and' problem: a layout with attributes and the attributes it conjoins.
+  c.conditional = ml_collections.ConfigDict({"model": "attributes", "labels": (0, 1)})
   c.teacher = default_config()       # training settings shared by every teacher ...
   c.distill = default_config()       # ... and by every distillation.
   for stage in (c.teacher, c.distill):
@@ -82,7 +87,8 @@ def job_config() -> ml_collections.ConfigDict:
 def validate_job_config(config: ml_collections.ConfigDict) -> None:
   """Unknown keys, problem, method, source or layout names: a ``ValueError`` naming them."""
   common.check_known_keys(config, job_config(), "standin",
-                          ("tempered", "product", "consistent", "sampler", "eval"))
+                          ("tempered", "product", "conditional", "consistent", "sampler",
+                           "eval"))
   validate_config(config.teacher)
   validate_config(config.distill)
   validate_config(common.time_consistent_distill(config.distill, config.consistent))
@@ -100,6 +106,13 @@ def validate_job_config(config: ml_collections.ConfigDict) -> None:
   if not config.separation > 0:
     raise ValueError(f"separation must be > 0 (plane standard deviations between modes), got "
                      f"{config.separation!r}.")
+  if "and" in config.problems:
+    a = spectral.num_labels(spectral.layout(config.conditional.model, 2))
+    bad = [c for c in config.conditional.labels if not (isinstance(c, int) and 0 <= c < a)]
+    if a == 0 or bad or len(config.conditional.labels) < 1:
+      raise ValueError(f"conditional.labels must be attributes 0 … {a - 1} of layout "
+                       f"{config.conditional.model!r} (it has {a}); got "
+                       f"{tuple(config.conditional.labels)}.")
   if not (isinstance(config.eval.runs, int) and config.eval.runs >= 2):
     raise ValueError(f"eval.runs must be an int >= 2 (standard errors), got {config.eval.runs!r}.")
 
@@ -111,6 +124,8 @@ def models(config) -> List[str]:
     names.append(config.tempered.model)
   if "product" in config.problems:
     names += list(config.product.models)
+  if "and" in config.problems:
+    names.append(config.conditional.model)
   return list(dict.fromkeys(names))
 
 
@@ -125,14 +140,19 @@ def _stage_config(base, task, name, teacher_workdir, config):
   c.data.mixture = name
   c.data.mixture_kwargs = ml_collections.ConfigDict({"dim": config.dim,
                                                      "separation": config.separation})
+  # A layout with attributes trains one class-conditional network (its null label: the whole
+  # mixture, drawn by the data source itself).
+  c.model.num_classes = spectral.num_labels(spectral.layout(name, 2))
   return c
 
 
 def exact_energies(mixtures: Dict[str, spectral.SpectralMixture]) -> Dict[str, common.LoadedEnergy]:
-  """The mixtures' closed-form diffused energies ``−log p_σ`` with their data stds (the σ_d a
-  trained stage computes from the same data)."""
-  fn = lambda sm, x, s: spectral.energy(sm, x, s)
-  return {n: common.LoadedEnergy(fn, sm, gmm_lib.data_std(spectral.as_gmm(sm)))
+  """The mixtures' closed-form diffused energies ``−log p_σ`` (``−log p_σ(·|label)`` given a
+  label) with their data stds (the σ_d a trained stage computes from the same data) and, for a
+  layout with attributes, its null label."""
+  fn = lambda sm, x, s, label=None: spectral.energy(sm, x, s, label)
+  return {n: common.LoadedEnergy(fn, sm, gmm_lib.data_std(spectral.as_gmm(sm)),
+                                 spectral.num_labels(sm) or None)
           for n, sm in mixtures.items()}
 
 
@@ -143,6 +163,9 @@ def problem(name: str, config, mixtures) -> highdim.Problem:
   if name == "tempered":
     sm = mixtures[config.tempered.model]
     ref = highdim.tempered_reference(sm, float(config.tempered.beta), sigma)
+  elif name == "and":
+    sm = mixtures[config.conditional.model]
+    ref = highdim.and_reference(sm, sigma, tuple(config.conditional.labels))
   else:
     a, b = (mixtures[n] for n in config.product.models)
     sm, ref = a, highdim.product_reference(a, b, sigma)
@@ -150,10 +173,16 @@ def problem(name: str, config, mixtures) -> highdim.Problem:
 
 
 def potential(name: str, config, energies: Dict[str, common.LoadedEnergy]):
-  """``(potential(params) -> Target, params)`` of a problem on the given energies."""
-  names = [config.tempered.model] if name == "tempered" else list(config.product.models)
+  """``(potential(params) -> Target, params)`` of a problem on the given energies (``and``: the
+  conditional energy under its null label and each of ``conditional.labels``)."""
+  names = {"tempered": [config.tempered.model], "product": list(config.product.models),
+           "and": [config.conditional.model]}[name]
 
   def build(params):
+    if name == "and":
+      e, p = energies[names[0]], params[names[0]]
+      null, *conds = (e.target(p, c) for c in (e.null,) + tuple(config.conditional.labels))
+      return targets.conditional_and(null, conds)
     parts = [energies[n].target(params[n]) for n in names]
     if name == "tempered":
       return targets.tempered(parts[0], config.tempered.beta)
@@ -207,19 +236,23 @@ def score_runs_uniform(prob: highdim.Problem, z, nfe: float, ess: float,
 
 
 def energy_diagnostics(energy: common.LoadedEnergy, mixture: spectral.SpectralMixture, key,
-                       sigmas: Sequence[float], points: int, probes: int) -> Dict[str, float]:
-  """A learned energy against its mixture's exact one (:func:`fkdiff.data.spectral.energy`), per
+                       sigmas: Sequence[float], points: int, probes: int,
+                       label: Optional[int] = None) -> Dict[str, float]:
+  """A learned energy (under ``label``, against ``p(·|label)``: :func:`fkdiff.data.spectral.
+  conditional`) against its mixture's exact one (:func:`fkdiff.data.spectral.energy`), per
   σ: ``score_error/sigma_<σ>`` (relative, of ``−∇E`` over 1,024 draws of ``p_σ``,
   :func:`fkdiff.evaluation.toy_metrics.score_error_at`) and ``level_error/…``,
   ``heat_residual_std/…``, ``heat_residual_mode_spread/…`` over ``points`` draws per component
   (:func:`fkdiff.evaluation.time_consistency.level_diagnostics`; ``probes``: 0 for the exact
   Laplacian). All closed forms of the spectral mixture: no matrix factorisation."""
+  mixture = spectral.conditional(mixture, label)
   exact = lambda x, s: spectral.energy(mixture, x, s)
   weights = jnp.exp(mixture.log_weights)
+  extra = () if label is None else (label,)
 
   @functools.partial(jax.jit, static_argnums=2)
   def at_sigma(params, key, s):
-    fn = lambda x, sig: energy.fn(params, x, sig)
+    fn = lambda x, sig: energy.fn(params, x, sig, *extra)
     k_pts, k_probe, k_score = jax.random.split(key, 3)
     pts = spectral.sample_components(mixture, k_pts, points, s)
     out = time_consistency.level_diagnostics(fn, exact, pts, weights, s, k_probe, probes)
@@ -307,10 +340,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if source == "exact":
       continue
     for name, energy in energies.items():
-      key, k = jax.random.split(key)
-      results["energies"][f"{source}/{name}"] = energy_diagnostics(
-          energy, mixtures[name], k, config.eval.sigmas, config.eval.points,
-          config.eval.probes)
+      # A conditional energy: under each label (its conditional) and the null (the mixture).
+      labels = [None] if energy.null is None else list(range(energy.null + 1))
+      for label in labels:
+        key, k = jax.random.split(key)
+        tag = "" if label is None else ":null" if label == energy.null else f":{label}"
+        results["energies"][f"{source}/{name}{tag}"] = energy_diagnostics(
+            energy, mixtures[name], k, config.eval.sigmas, config.eval.points,
+            config.eval.probes, label)
   results.update(run_problems(config, mixtures, sources))
   common.write_results(workdir, results, format_table(results), config)
   return results

@@ -64,7 +64,7 @@ class MLP(nn.Module):
     if self.num_classes > 0:
       if label is None:
         label = jnp.full(y.shape[:-1], self.num_classes, jnp.int32)
-      emb = emb + nn.Embed(self.num_classes + 1, self.width)(label)
+      emb = emb + nn.Embed(self.num_classes + 1, self.width)(jnp.asarray(label, jnp.int32))
     elif label is not None:
       raise ValueError("a label was passed to an unconditional network (num_classes = 0): it "
                        "would be ignored. Pass label=None, or train a conditional model "
