@@ -282,12 +282,10 @@ def _plane_log_density(parts, coefs, sigma, za, zb, eig_plane):
 
 
 def condition_parts(sm: SpectralMixture, label: Optional[int]):
-  """``(log_weights, plane_means)`` of ``p(·| label)`` (float64, renormalised)."""
-  log_w = np.asarray(sm.log_weights, np.float64)
-  if label is not None and label < sm.labels.shape[1]:
-    log_w = np.where(np.asarray(sm.labels)[:, label], log_w, -np.inf)
-    log_w = log_w - np.logaddexp.reduce(log_w)
-  return log_w, np.asarray(sm.plane_means, np.float64)
+  """``(log_weights, plane_means)`` of ``p(·| label)`` (float64, renormalised; the components of
+  :func:`conditional`)."""
+  c = conditional(sm, label)
+  return np.asarray(c.log_weights, np.float64), np.asarray(c.plane_means, np.float64)
 
 
 def plane_reference(parts, coefs, sigma: float, eig, mode_centres, points: int = 801,
